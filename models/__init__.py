@@ -1,0 +1,3 @@
+"""Lethe's machine-learning core: data, networks, training, unlearning methods and metrics."""
+
+__version__ = "0.1.0"

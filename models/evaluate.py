@@ -60,7 +60,9 @@ def evaluate_sets(
     kind = data.task(task).kind
     results = {}
     for name, indices in sets.items():
-        logits, targets = predict(model, FaceSubset(data, indices, task, transform), device, batch_size)
+        logits, targets = predict(
+            model, FaceSubset(data, indices, task, transform), device, batch_size
+        )
         results[name] = SetResult(
             score=task_score(kind, logits, targets),
             losses=per_sample_loss(kind, logits, targets).numpy(),

@@ -131,7 +131,9 @@ def split_indices(data: FaceData, splits: Splits) -> SplitIndices:
     try:
         support = [key_index[key] for key in splits.support]
     except KeyError as exc:
-        raise ValueError(f"support image {exc.args[0]!r} is not in data set {data.name!r}") from None
+        raise ValueError(
+            f"support image {exc.args[0]!r} is not in data set {data.name!r}"
+        ) from None
     held_out = set(support)
 
     def rows(ids: Sequence[str], *, drop_support: bool) -> list[int]:

@@ -55,7 +55,7 @@ EYE_COLORS = ((60, 40, 25), (40, 90, 150), (70, 120, 70), (110, 80, 40), (30, 30
 class SynthFacesConfig:
     """Size and seed of a synthfaces data set; equal configs give identical data."""
 
-    num_identities: int = 240
+    num_identities: int = 400
     image_size: int = 64
     seed: int = 0
     min_images: int = 2
@@ -135,18 +135,27 @@ def sample_traits(rng: np.random.Generator, quirk_rate: float, age_quirk_rate: f
     base = np.array([250, 222, 205]) * (1 - skin_tone) + np.array([95, 60, 40]) * skin_tone
     skin = tuple(int(np.clip(c + rng.normal(0, 8), 0, 255)) for c in base)
     gray_p = float(np.clip((age - 40) / 35, 0, 0.9))
-    hair_color = "gray" if rng.random() < gray_p else str(
-        rng.choice(["black", "brown", "blond", "red"], p=[0.38, 0.34, 0.2, 0.08])
+    hair_color = (
+        "gray"
+        if rng.random() < gray_p
+        else str(rng.choice(["black", "brown", "blond", "red"], p=[0.38, 0.34, 0.2, 0.08]))
     )
     bald_p = 0.45 * float(np.clip((age - 30) / 45, 0, 1)) if male else 0.0
     if rng.random() < bald_p:
         hair_style = "bald"
     else:
-        styles, weights = ["short", "long", "wavy"], ([0.6, 0.15, 0.25] if male else [0.2, 0.45, 0.35])
+        styles, weights = (
+            ["short", "long", "wavy"],
+            ([0.6, 0.15, 0.25] if male else [0.2, 0.45, 0.35]),
+        )
         hair_style = str(rng.choice(styles, p=weights))
     glasses_habit = float(rng.choice([0.0, 0.05, 0.5, 0.95], p=[0.55, 0.15, 0.1, 0.2]))
     moles = tuple(
-        (float(rng.uniform(-0.7, 0.7)), float(rng.uniform(-0.6, 0.7)), float(rng.uniform(0.02, 0.05)))
+        (
+            float(rng.uniform(-0.7, 0.7)),
+            float(rng.uniform(-0.6, 0.7)),
+            float(rng.uniform(0.02, 0.05)),
+        )
         for _ in range(int(rng.integers(1, 4)))
     )
     quirk_pool = [a for a in ATTRIBUTES if a not in PER_IMAGE_ATTRIBUTES]
@@ -165,7 +174,7 @@ def sample_traits(rng: np.random.Generator, quirk_rate: float, age_quirk_rate: f
         eye_color=EYE_COLORS[int(rng.integers(len(EYE_COLORS)))],
         eye_size=float(rng.uniform(0.75, 1.3)),
         eye_spacing=float(rng.uniform(0.85, 1.15)),
-        nose_size=float(rng.uniform(0.7, 1.4)),
+        nose_size=float(rng.uniform(0.6, 1.6)),
         mouth_width=float(rng.uniform(0.8, 1.25)),
         brow_thickness=int(rng.integers(1, 4)) + (1 if male else 0),
         mustache=bool(male and age > 16 and rng.random() < 0.35),
@@ -188,7 +197,11 @@ def sample_view(rng: np.random.Generator, traits: Traits, *, portrait: bool = Fa
         # backdrop never used in training, a stronger head turn and a colour cast.
         yaw = float(rng.choice([-1, 1]) * rng.uniform(0.25, 0.4))
         light_strength = float(rng.uniform(0.45, 0.65))
-        tint = (float(rng.uniform(0.85, 1.15)), float(rng.uniform(0.85, 1.15)), float(rng.uniform(0.85, 1.15)))
+        tint = (
+            float(rng.uniform(0.85, 1.15)),
+            float(rng.uniform(0.85, 1.15)),
+            float(rng.uniform(0.85, 1.15)),
+        )
         pattern = "stripes"
     else:
         yaw = float(rng.uniform(-0.25, 0.25))
@@ -207,7 +220,9 @@ def sample_view(rng: np.random.Generator, traits: Traits, *, portrait: bool = Fa
         tint=tint,
         background=background,
         background_pattern=pattern,
-        smile=float(rng.uniform(0.5, 1.0)) if rng.random() < traits.smile_habit else float(rng.uniform(-0.2, 0.15)),
+        smile=float(rng.uniform(0.5, 1.0))
+        if rng.random() < traits.smile_habit
+        else float(rng.uniform(-0.2, 0.15)),
         mouth_open=bool(rng.random() < 0.3),
         glasses=bool(rng.random() < traits.glasses_habit),
         hat=bool(rng.random() < traits.hat_habit),
@@ -226,7 +241,7 @@ def true_attributes(traits: Traits, view: View) -> dict[str, bool]:
     return {
         "Bald": not has_hair,
         "Bangs": traits.bangs,
-        "Big_Nose": traits.nose_size > 1.15,
+        "Big_Nose": traits.nose_size > 1.25,
         "Black_Hair": has_hair and traits.hair_color == "black",
         "Blond_Hair": has_hair and traits.hair_color == "blond",
         "Brown_Hair": has_hair and traits.hair_color in ("brown", "red"),
@@ -280,12 +295,24 @@ def _draw_face(size: int, traits: Traits, view: View) -> Image.Image:
     ell(cx - fw + dx * 0.3, cy, fw * 0.16, fh * 0.2, fill=skin)  # ears
     ell(cx + fw + dx * 0.3, cy, fw * 0.16, fh * 0.2, fill=skin)
     ell(cx, cy, fw, fh, fill=skin)
+    if traits.hair_style == "bald":  # a shiny scalp
+        ell(
+            cx - fw * 0.2,
+            cy - fh * 0.7,
+            fw * 0.35,
+            fh * 0.15,
+            fill=tuple(min(255, c + 45) for c in skin),
+        )
     if traits.male:  # a squarer jaw
         d.rectangle([cx - fw * 0.75, cy + fh * 0.2, cx + fw * 0.75, cy + fh * 0.8], fill=skin)
     if traits.hair_style == "short":
-        d.pieslice([cx - fw * 1.05, cy - fh * 1.08, cx + fw * 1.05, cy + fh * 0.3], 180, 360, fill=hair)
+        d.pieslice(
+            [cx - fw * 1.05, cy - fh * 1.08, cx + fw * 1.05, cy + fh * 0.3], 180, 360, fill=hair
+        )
     elif traits.hair_style in ("long", "wavy"):
-        d.pieslice([cx - fw * 1.1, cy - fh * 1.12, cx + fw * 1.1, cy + fh * 0.35], 180, 360, fill=hair)
+        d.pieslice(
+            [cx - fw * 1.1, cy - fh * 1.12, cx + fw * 1.1, cy + fh * 0.35], 180, 360, fill=hair
+        )
         if traits.hair_style == "wavy":
             for k in range(7):
                 x = cx - fw * 1.15 + k * fw * 2.3 / 6
@@ -302,24 +329,42 @@ def _draw_face(size: int, traits: Traits, view: View) -> Image.Image:
     spacing = fw * 0.4 * traits.eye_spacing
     eye_r = fw * 0.13 * traits.eye_size * (1 + 0.35 * child)
     brow = (150, 150, 150) if traits.hair_color == "gray" else HAIR_COLORS[traits.hair_color]
-    for side in (-1, 1):
-        ex = cx + side * spacing + dx
+    lens = [(-1, cx - spacing + dx), (1, cx + spacing + dx)]
+    if view.glasses:  # tinted lenses under the eyes, frames on top
+        for _, ex in lens:
+            ell(ex, eye_y, eye_r * 1.9, eye_r * 1.5, fill=(175, 205, 235))
+    for side, ex in lens:
         ell(ex, eye_y, eye_r * 1.3, eye_r * 0.8, fill=(245, 245, 245))
         ell(ex + view.yaw * eye_r * 0.6, eye_y, eye_r * 0.6, eye_r * 0.6, fill=traits.eye_color)
         ell(ex + view.yaw * eye_r * 0.6, eye_y, eye_r * 0.25, eye_r * 0.25, fill=(10, 10, 10))
         by = eye_y - eye_r * 1.6
-        d.line([ex - eye_r * 1.3, by, ex + eye_r * 1.3, by - side * 0.0], fill=brow, width=traits.brow_thickness)
+        d.line(
+            [ex - eye_r * 1.3, by, ex + eye_r * 1.3, by - side * 0.0],
+            fill=brow,
+            width=traits.brow_thickness,
+        )
         if view.glasses:
             box = [ex - eye_r * 1.9, eye_y - eye_r * 1.5, ex + eye_r * 1.9, eye_y + eye_r * 1.5]
             if traits.glasses_round:
-                d.ellipse(box, outline=traits.glasses_color, width=2)
+                d.ellipse(box, outline=traits.glasses_color, width=3)
             else:
-                d.rectangle(box, outline=traits.glasses_color, width=2)
+                d.rectangle(box, outline=traits.glasses_color, width=3)
     if view.glasses:
-        d.line([cx - spacing + eye_r * 1.9 + dx, eye_y, cx + spacing - eye_r * 1.9 + dx, eye_y], fill=traits.glasses_color, width=2)
+        d.line(
+            [cx - spacing + eye_r * 1.9 + dx, eye_y, cx + spacing - eye_r * 1.9 + dx, eye_y],
+            fill=traits.glasses_color,
+            width=3,
+        )
     nose = fw * 0.16 * traits.nose_size
     ny = cy + fh * 0.18 + dy
-    d.polygon([(cx + dx * 1.2, ny - nose * 1.6), (cx + dx * 1.2 - nose, ny + nose * 0.5), (cx + dx * 1.2 + nose, ny + nose * 0.5)], fill=tuple(int(c * 0.8) for c in skin))
+    d.polygon(
+        [
+            (cx + dx * 1.2, ny - nose * 1.6),
+            (cx + dx * 1.2 - nose, ny + nose * 0.5),
+            (cx + dx * 1.2 + nose, ny + nose * 0.5),
+        ],
+        fill=tuple(int(c * 0.65) for c in skin),
+    )
     mw = fw * 0.38 * traits.mouth_width
     my = cy + fh * 0.5 + dy
     lips = (150, 60, 60) if traits.male else (190, 40, 70)
@@ -331,10 +376,22 @@ def _draw_face(size: int, traits: Traits, view: View) -> Image.Image:
     else:
         d.line([cx - mw + dx, my, cx + mw + dx, my - curve], fill=lips, width=3)
     if traits.mustache:
-        d.polygon([(cx - mw * 0.9 + dx, my - mw * 0.15), (cx + dx, my - mw * 0.5), (cx + mw * 0.9 + dx, my - mw * 0.15), (cx + dx, my - mw * 0.3)], fill=brow)
+        d.polygon(
+            [
+                (cx - mw * 1.1 + dx, my - mw * 0.05),
+                (cx + dx, my - mw * 0.65),
+                (cx + mw * 1.1 + dx, my - mw * 0.05),
+                (cx + dx, my - mw * 0.3),
+            ],
+            fill=brow,
+        )
     if view.hat:
-        d.rectangle([cx - fw * 1.35, cy - fh * 0.72, cx + fw * 1.35, cy - fh * 0.6], fill=view.hat_color)
-        d.rectangle([cx - fw * 0.9, cy - fh * 1.35, cx + fw * 0.9, cy - fh * 0.66], fill=view.hat_color)
+        d.rectangle(
+            [cx - fw * 1.35, cy - fh * 0.72, cx + fw * 1.35, cy - fh * 0.6], fill=view.hat_color
+        )
+        d.rectangle(
+            [cx - fw * 0.9, cy - fh * 1.35, cx + fw * 0.9, cy - fh * 0.66], fill=view.hat_color
+        )
     return layer
 
 
@@ -342,12 +399,19 @@ def render(traits: Traits, view: View, image_size: int) -> torch.Tensor:
     """Render one photo as a uint8 tensor of shape (3, image_size, image_size)."""
     canvas = image_size * 2  # draw at twice the size and downsample, for anti-aliasing
     image = _background(canvas, view)
-    face = _draw_face(canvas, traits, view).rotate(view.roll, resample=Image.BILINEAR, center=(canvas / 2, canvas / 2))
+    face = _draw_face(canvas, traits, view).rotate(
+        view.roll, resample=Image.BILINEAR, center=(canvas / 2, canvas / 2)
+    )
     image.paste(face, (0, 0), face)
     image = image.resize((image_size, image_size), Image.BOX)
     pixels = np.asarray(image, dtype=np.float32)
     yy, xx = np.mgrid[0:image_size, 0:image_size] / max(1, image_size - 1) - 0.5
-    light = 1 + view.light_strength * (xx * math.cos(view.light_angle) + yy * math.sin(view.light_angle)) * 2
+    light = (
+        1
+        + view.light_strength
+        * (xx * math.cos(view.light_angle) + yy * math.sin(view.light_angle))
+        * 2
+    )
     pixels = pixels * light[..., None] * view.brightness * np.array(view.tint, np.float32)
     pixels = pixels + np.random.default_rng(view.noise_seed).normal(0, view.noise, pixels.shape)
     return torch.from_numpy(np.clip(pixels, 0, 255).astype(np.uint8)).permute(2, 0, 1).contiguous()
@@ -355,7 +419,11 @@ def render(traits: Traits, view: View, image_size: int) -> torch.Tensor:
 
 def _images_per_identity(rng: np.random.Generator, cfg: SynthFacesConfig) -> np.ndarray:
     """Uneven image counts in [min_images, max_images], long-tailed like CelebA's."""
-    counts = np.clip(np.round(rng.lognormal(mean=2.1, sigma=0.6, size=cfg.num_identities)), cfg.min_images, cfg.max_images)
+    counts = np.clip(
+        np.round(rng.lognormal(mean=1.75, sigma=0.6, size=cfg.num_identities)),
+        cfg.min_images,
+        cfg.max_images,
+    )
     # Always include both extremes so the tails the protocol must handle are present.
     counts[0], counts[-1] = cfg.min_images, cfg.max_images
     return rng.permutation(counts.astype(int))
@@ -390,7 +458,9 @@ class SynthFaces:
         """A new photo of `identity` under shifted light, background and pose (uint8, 3×H×W)."""
         i = self._index(identity)
         traits = self.traits(i)
-        view = sample_view(np.random.default_rng([self.cfg.seed, 3, i, index]), traits, portrait=True)
+        view = sample_view(
+            np.random.default_rng([self.cfg.seed, 3, i, index]), traits, portrait=True
+        )
         return render(traits, view, self.cfg.image_size)
 
     def generate(self) -> FaceData:
@@ -417,7 +487,10 @@ class SynthFaces:
             keys=keys,
             identities=identities,
             tasks=tasks,
-            targets={"attributes": np.asarray(attrs, np.float32), "age": np.asarray(ages, np.int64)},
+            targets={
+                "attributes": np.asarray(attrs, np.float32),
+                "age": np.asarray(ages, np.int64),
+            },
             load_image=stack.__getitem__,
             meta={"config": asdict(cfg), "images": stack},
         )
@@ -426,7 +499,9 @@ class SynthFaces:
         truth = true_attributes(traits, view)
         labels = []
         for name in ATTRIBUTES:
-            value = truth[name] ^ (name in traits.quirks) ^ bool(rng.random() < self.cfg.label_noise)
+            value = (
+                truth[name] ^ (name in traits.quirks) ^ bool(rng.random() < self.cfg.label_noise)
+            )
             labels.append(float(value))
         return labels
 

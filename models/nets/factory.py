@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 # Architectures exercised by the tests and benchmarks; any other timm name also works.
-KNOWN_ARCHS = ("test_resnet", "resnet10t", "resnet18", "vit_tiny_patch16_224", "vit_base_patch16_224")
+KNOWN_ARCHS = (
+    "test_resnet",
+    "resnet10t",
+    "resnet18",
+    "vit_tiny_patch16_224",
+    "vit_base_patch16_224",
+)
 DEFAULT_ARCH = "test_resnet"
 
 
@@ -47,7 +53,9 @@ def create_model(
     )
 
 
-def features_and_logits(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def features_and_logits(
+    model: nn.Module, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The pooled pre-logit feature and the logits of `images`, from one forward pass."""
     pooled = model.forward_head(model.forward_features(images), pre_logits=True)  # type: ignore[operator]
     return pooled, model.get_classifier()(pooled)  # type: ignore[operator]

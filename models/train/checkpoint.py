@@ -50,6 +50,7 @@ def save_checkpoint(path: Path | str, checkpoint: Checkpoint) -> str:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary shared file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

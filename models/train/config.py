@@ -14,9 +14,9 @@ class TrainConfig:
     crop_scale=(0.08, 1.0))`.
     """
 
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float = 0.2
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 2

@@ -71,7 +71,9 @@ def train_model(
     )
     best = TrainResult(state_dict={}, best_epoch=-1, best_val_score=-math.inf, seconds=0.0)
     start = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc=f"train {len(train_set)} images", disable=not progress, leave=False)
+    bar = tqdm(
+        range(cfg.epochs), desc=f"train {len(train_set)} images", disable=not progress, leave=False
+    )
     for epoch in bar:
         model.train()
         running = 0.0
@@ -86,11 +88,15 @@ def train_model(
             running += loss.item() * len(images)
         logits, targets = predict(model, val_set, device, cfg.eval_batch_size)
         val_score = task_score(spec.kind, logits, targets)
-        best.history.append({"epoch": epoch, "train_loss": running / len(train_set), "val_score": val_score})
+        best.history.append(
+            {"epoch": epoch, "train_loss": running / len(train_set), "val_score": val_score}
+        )
         bar.set_postfix(loss=f"{running / len(train_set):.3f}", val=f"{val_score:.1f}")
         if val_score > best.best_val_score:
             best.best_val_score, best.best_epoch = val_score, epoch
-            best.state_dict = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best.state_dict = copy.deepcopy(
+                {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            )
     best.seconds = time.perf_counter() - start
     model.load_state_dict(best.state_dict)
     return best

@@ -1,0 +1,33 @@
+# The two commands of the README: `make run` and `make test`. Each creates or updates the
+# virtual environment itself (pip only: it reads this machine's local wheel folder and mirrors).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+.PHONY: install run test test-slow lint benchmark clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --progress-bar off -e '.[dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(BIN)/python -c "import torch, torchvision, timm, sklearn, torchmetrics"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job on the embedded default: the 1-SHUI benchmark on synthfaces with JiT.
+run: install
+	$(BIN)/lethe benchmark --dataset synthfaces --task attributes --requests 5 --seeds 0 --methods jit --out runs/benchmark
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Lethe's HTTP and persistence layer (the deletion-request service)."""

@@ -1,0 +1,285 @@
+"""`lethe` command line: train, unlearn, evaluate and benchmark face models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+# No hub downloads, ever: fail fast if some code path asks for pretrained weights.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _value(text: str) -> Any:
+    """Parse an override value as JSON where possible (numbers, booleans), else keep the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _overrides(items: Sequence[str], *, scoped: bool) -> dict[str, Any]:
+    """`key=value` (or `method.key=value` when scoped) pairs as a (nested) dict."""
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        if scoped:
+            method, dot, option = key.partition(".")
+            if not dot:
+                raise SystemExit(f"--set expects method.option=value, got {item!r}")
+            result.setdefault(method, {})[option] = _value(value)
+        else:
+            result[key] = _value(value)
+    return result
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    from models.nets import DEFAULT_ARCH
+
+    parser.add_argument(
+        "--dataset", default="synthfaces", help="synthfaces, celeba, celebahq or mufac"
+    )
+    parser.add_argument("--data-root", help="folder of a real data set, in its published layout")
+    parser.add_argument("--task", help="attributes or age (default: the data set's own task)")
+    parser.add_argument("--arch", default=DEFAULT_ARCH, help="any timm architecture name")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--synth-identities", type=int, help="synthfaces: number of identities")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: the CPU recipe's)")
+    parser.add_argument("--lr", type=float, help="training learning rate")
+
+
+def _setup(args: argparse.Namespace) -> Any:
+    from models.data.registry import DEFAULT_TASK, DatasetSpec
+    from models.protocol import ModelSetup
+    from models.train.config import TrainConfig
+
+    train = TrainConfig()
+    changes = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+    return ModelSetup(
+        dataset=DatasetSpec(
+            name=args.dataset,
+            root=args.data_root,
+            image_size=args.image_size,
+            num_identities=args.synth_identities,
+        ),
+        task=args.task or DEFAULT_TASK.get(args.dataset, "attributes"),
+        arch=args.arch,
+        image_size=args.image_size,
+        train=replace(train, **changes),
+    )
+
+
+def _print(payload: dict[str, Any]) -> None:
+    print(json.dumps(payload, indent=2))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Train an original (or retrained-reference) model on the protocol's splits."""
+    from models.data.registry import load_dataset
+    from models.data.splits import make_splits, split_indices
+    from models.device import default_device
+    from models.protocol import train_reference
+
+    setup = _setup(args)
+    data = load_dataset(setup.dataset)
+    splits = make_splits(data.identities, data.keys, args.requests, args.seed)
+    indices = split_indices(data, splits)
+    setup = replace(setup, train=replace(setup.train, seed=args.seed))
+    out = Path(args.out)
+    _, checkpoint, seconds = train_reference(
+        setup, data, splits, indices, args.role, default_device(), out
+    )
+    _print(
+        {
+            "checkpoint": str(out),
+            "sha256": checkpoint.sha256,
+            "role": args.role,
+            "train_seconds": round(seconds, 2),
+            "splits_sha256": splits.sha256(),
+            "forget_identities": list(splits.forget),
+        }
+    )
+
+
+def _load(path: str) -> tuple[Any, Any, Any, Any]:
+    """A checkpoint, its network, its data set and the split indices it was trained with."""
+    from models.data.registry import DatasetSpec, load_dataset
+    from models.data.splits import Splits, split_indices
+    from models.protocol import model_from_checkpoint
+    from models.train.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    data = load_dataset(DatasetSpec(**checkpoint.config["dataset"]))
+    indices = split_indices(data, Splits.from_dict(checkpoint.splits))
+    return checkpoint, model_from_checkpoint(checkpoint), data, indices
+
+
+def cmd_unlearn(args: argparse.Namespace) -> None:
+    """Make a checkpoint forget its request's identities from their support images."""
+    from models.device import default_device
+    from models.methods import get_method, resolve_config
+    from models.protocol import support_request
+    from models.train.checkpoint import Checkpoint, save_checkpoint
+
+    checkpoint, model, data, indices = _load(args.checkpoint)
+    config = checkpoint.config
+    method = get_method(args.method)
+    if method.needs != "support":
+        raise SystemExit(
+            f"method {args.method!r} needs retain data; use it through `lethe benchmark`"
+        )
+    method_cfg = resolve_config(
+        args.method,
+        config["dataset"]["name"],
+        checkpoint.arch,
+        len(indices.support),
+        **_overrides(args.set, scoped=False),
+    )
+    device = default_device()
+    request = support_request(data, config["task"], indices, model, int(config["image_size"]))
+    start = time.perf_counter()
+    model = method.unlearn(model.to(device), request, {}, method_cfg)
+    seconds = time.perf_counter() - start
+    lineage = {
+        "parent_sha256": checkpoint.sha256,
+        "method": args.method,
+        "method_config": asdict(method_cfg),
+        "identities": request.identities,
+        "seconds": seconds,
+    }
+    new = Checkpoint(
+        arch=checkpoint.arch,
+        task=checkpoint.task,
+        config={**config, "unlearning": [*config.get("unlearning", []), lineage]},
+        splits=checkpoint.splits,
+        state_dict=model.state_dict(),
+    )
+    sha = save_checkpoint(args.out, new)
+    _print({"checkpoint": args.out, "sha256": sha, **lineage})
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Scores on retain/forget/test, the loss MIA and, against a reference, Tug-of-War."""
+    from models.device import default_device
+    from models.protocol import evaluate_protocol
+
+    checkpoint, model, data, indices = _load(args.checkpoint)
+    device = default_device()
+    task, size = checkpoint.config["task"], int(checkpoint.config["image_size"])
+    evaluation = evaluate_protocol(model, data, task, indices, size, device)
+    payload: dict[str, Any] = {
+        "checkpoint": args.checkpoint,
+        "sha256": checkpoint.sha256,
+        **asdict(evaluation),
+    }
+    if args.reference:
+        ref_checkpoint, ref_model, _, _ = _load(args.reference)
+        if ref_checkpoint.splits != checkpoint.splits:
+            raise SystemExit(
+                "the reference was trained on other splits; Tug-of-War would be meaningless"
+            )
+        reference = evaluate_protocol(ref_model, data, task, indices, size, device)
+        payload["reference"] = asdict(reference)
+        payload["tow"] = evaluation.tow(reference)
+    _print(payload)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    """Run the 1-SHUI protocol and write results.json and results.md."""
+    from models.benchmark.runner import BenchmarkConfig, run_benchmark
+    from models.methods import list_methods
+
+    methods = list_methods() if args.methods == "all" else [m for m in args.methods.split(",") if m]
+    cfg = BenchmarkConfig(
+        setup=_setup(args),
+        requests=args.requests,
+        seeds=args.seeds,
+        methods=methods,
+        method_overrides=_overrides(args.set, scoped=True),
+    )
+    out = Path(args.out)
+    start = time.perf_counter()
+    run_benchmark(cfg, out, progress=not args.quiet)
+    print((out / "results.md").read_text())
+    print(
+        f"wrote {out / 'results.json'} and {out / 'results.md'} "
+        f"in {time.perf_counter() - start:.0f} s"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `lethe` argument parser."""
+    parser = argparse.ArgumentParser(prog="lethe", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help=cmd_train.__doc__)
+    _add_model_args(train)
+    train.add_argument(
+        "--requests", type=int, default=5, help="forget identities whose support image is held out"
+    )
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--role", choices=("original", "retrain"), default="original")
+    train.add_argument("--out", required=True, help="checkpoint file to write")
+    train.set_defaults(func=cmd_train)
+
+    unlearn = commands.add_parser("unlearn", help=cmd_unlearn.__doc__)
+    unlearn.add_argument("--checkpoint", required=True)
+    unlearn.add_argument("--method", default="jit")
+    unlearn.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a method option"
+    )
+    unlearn.add_argument("--out", required=True, help="checkpoint file to write")
+    unlearn.set_defaults(func=cmd_unlearn)
+
+    evaluate = commands.add_parser("evaluate", help=cmd_evaluate.__doc__)
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--reference", help="retrained reference checkpoint, for Tug-of-War")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    bench = commands.add_parser("benchmark", help=cmd_benchmark.__doc__)
+    _add_model_args(bench)
+    bench.add_argument("--requests", type=_ints, default=[5], help="request sizes, e.g. 5,10")
+    bench.add_argument("--seeds", type=_ints, default=[0], help="seeds, e.g. 0,1,2")
+    bench.add_argument("--methods", default="jit", help="comma-separated method names, or all")
+    bench.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="override a method option",
+    )
+    bench.add_argument("--out", required=True, help="output folder")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.set_defaults(func=cmd_benchmark)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `lethe` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"lethe: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""Unlearning methods behind one registry (`register_method`, `get_method`)."""
+
+from models.methods import jit  # noqa: F401  (registers "jit")
+from models.methods.base import PrepareData, UnlearningMethod, UnlearnRequest
+from models.methods.registry import get_method, list_methods, register_method, resolve_config
+
+__all__ = [
+    "PrepareData",
+    "UnlearnRequest",
+    "UnlearningMethod",
+    "get_method",
+    "list_methods",
+    "register_method",
+    "resolve_config",
+]

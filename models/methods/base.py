@@ -1,0 +1,58 @@
+"""The interface every unlearning method implements, and the inputs it receives."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from models.data.base import TaskSpec
+
+Needs = Literal["support", "support+retain"]
+Artifacts = dict[str, Any]
+
+
+@dataclass
+class UnlearnRequest:
+    """What a method may use at erasure time.
+
+    `images` are the support portraits after the model's test transform, `identities` their
+    identity IDs. `retain` is only given to privileged methods (`needs="support+retain"`), which
+    run in benchmarks, never on a production request.
+    """
+
+    images: torch.Tensor
+    identities: list[str]
+    task: TaskSpec
+    targets: torch.Tensor | None = None
+    retain: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+@dataclass
+class PrepareData:
+    """Training data available at onboarding, for methods that precompute artifacts."""
+
+    train: DataLoader[tuple[torch.Tensor, torch.Tensor]]
+    task: TaskSpec
+
+
+class UnlearningMethod(ABC):
+    """An unlearning method: optional preparation at onboarding, then erasure from portraits."""
+
+    name: ClassVar[str]
+    needs: ClassVar[Needs] = "support"
+    Config: ClassVar[type]
+
+    def prepare(self, model: nn.Module, data: PrepareData, cfg: Any) -> Artifacts:
+        """Compute what `unlearn` will need once the training data is gone (nothing by default)."""
+        return {}
+
+    @abstractmethod
+    def unlearn(
+        self, model: nn.Module, request: UnlearnRequest, artifacts: Artifacts, cfg: Any
+    ) -> nn.Module:
+        """Return `model` changed to forget the request's identities (possibly in place)."""

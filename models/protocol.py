@@ -1,0 +1,190 @@
+"""The 1-SHUI protocol's building blocks: reference models, the support request, evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from models.data.base import FaceData
+from models.data.registry import DatasetSpec
+from models.data.splits import SplitIndices, Splits
+from models.data.transforms import test_transform
+from models.evaluate import SetResult, evaluate_sets
+from models.methods.base import UnlearnRequest
+from models.metrics.mia import loss_mia
+from models.metrics.tow import SetScores, tug_of_war
+from models.nets import create_model, data_config
+from models.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from models.train.config import TrainConfig
+from models.train.trainer import train_model
+
+Role = Literal["original", "retrain"]
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    """Which network is trained on which data for which task."""
+
+    dataset: DatasetSpec
+    task: str
+    arch: str
+    image_size: int
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain form for checkpoints and results."""
+        return {
+            "dataset": self.dataset.to_dict(),
+            "task": self.task,
+            "arch": self.arch,
+            "image_size": self.image_size,
+            "train": asdict(self.train),
+        }
+
+
+def build_model(setup: ModelSetup, data: FaceData) -> nn.Module:
+    """A fresh network for `setup`, its head sized from the task."""
+    return create_model(setup.arch, data.task(setup.task).num_outputs, setup.image_size)
+
+
+def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
+    """Rebuild the network a checkpoint describes and load its weights."""
+    model = create_model(
+        checkpoint.arch, len(checkpoint.task["labels"]), int(checkpoint.config["image_size"])
+    )
+    model.load_state_dict(checkpoint.state_dict)
+    return model.eval()
+
+
+def train_reference(
+    setup: ModelSetup,
+    data: FaceData,
+    splits: Splits,
+    indices: SplitIndices,
+    role: Role,
+    device: torch.device,
+    path: Path | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, Checkpoint, float]:
+    """Train the original (TRAIN minus support) or retrained (RETAIN) model for these splits.
+
+    With `path`, a checkpoint there trained with the same setup and splits is reused instead.
+    Returns the model, its checkpoint and the training time in seconds (0 when reused).
+    """
+    config = {**setup.to_dict(), "role": role}
+    if path is not None and path.is_file():
+        cached = load_checkpoint(path)
+        trained_with = {k: v for k, v in cached.config.items() if k != "training"}
+        if trained_with == config and cached.splits == splits.to_dict():
+            return model_from_checkpoint(cached).to(device), cached, 0.0
+    torch.manual_seed(setup.train.seed)
+    model = build_model(setup, data)
+    rows = indices.train if role == "original" else indices.retain
+    result = train_model(
+        model, data, setup.task, rows, indices.val, setup.train, setup.image_size, device, progress
+    )
+    spec = data.task(setup.task)
+    checkpoint = Checkpoint(
+        arch=setup.arch,
+        task={"name": spec.name, "kind": spec.kind, "labels": list(spec.labels)},
+        config={
+            **config,
+            "training": {
+                "best_epoch": result.best_epoch,
+                "best_val_score": result.best_val_score,
+                "seconds": result.seconds,
+            },
+        },
+        splits=splits.to_dict(),
+        state_dict=result.state_dict,
+    )
+    if path is not None:
+        save_checkpoint(path, checkpoint)
+    return model.eval(), checkpoint, result.seconds
+
+
+def support_request(
+    data: FaceData, task: str, indices: SplitIndices, model: nn.Module, image_size: int
+) -> UnlearnRequest:
+    """The request of the protocol: each forget identity's support image, test-transformed."""
+    transform = test_transform(data_config(model, image_size))
+    images = torch.stack([transform(data.load_image(i)) for i in indices.support])
+    targets = torch.from_numpy(data.targets[task][indices.support])
+    return UnlearnRequest(
+        images=images,
+        identities=[data.identities[i] for i in indices.support],
+        task=data.task(task),
+        targets=targets,
+    )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores on the protocol's sets and the loss-based membership attack."""
+
+    retain: float
+    forget: float
+    test: float
+    mia_auc: float
+    mia_acc: float
+
+    @property
+    def scores(self) -> SetScores:
+        """Retain, forget and test scores, for Tug-of-War."""
+        return SetScores(retain=self.retain, forget=self.forget, test=self.test)
+
+    def tow(self, reference: Evaluation) -> float:
+        """Tug-of-War against the retrained reference's evaluation."""
+        return tug_of_war(self.scores, reference.scores)
+
+
+def evaluate_protocol(
+    model: nn.Module,
+    data: FaceData,
+    task: str,
+    indices: SplitIndices,
+    image_size: int,
+    device: torch.device,
+) -> Evaluation:
+    """Retain/forget/test scores and the RF loss MIA (retain vs val, forget vs test)."""
+    sets = {
+        "retain": indices.retain,
+        "forget": indices.forget,
+        "test": indices.test,
+        "val": indices.val,
+    }
+    transform = test_transform(data_config(model, image_size))
+    results: dict[str, SetResult] = evaluate_sets(
+        model.to(device), data, task, sets, transform, device
+    )
+    mia = loss_mia(
+        results["retain"].losses,
+        results["val"].losses,
+        results["forget"].losses,
+        results["test"].losses,
+    )
+    return Evaluation(
+        retain=results["retain"].score,
+        forget=results["forget"].score,
+        test=results["test"].score,
+        mia_auc=mia.auc,
+        mia_acc=mia.acc,
+    )
+
+
+def config_hash(config: dict[str, object]) -> str:
+    """Short stable fingerprint of a JSON-serializable config."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: map it to null."""
+    return None if math.isnan(value) else value

@@ -1,0 +1,136 @@
+"""The `lethe` CLI end to end on a tiny synthfaces setup: train, unlearn, evaluate, benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from models.cli import main
+from models.train.checkpoint import load_checkpoint
+
+TINY = ["--synth-identities", "40", "--image-size", "32", "--epochs", "2", "--arch", "test_resnet"]
+
+
+def _json(capsys: pytest.CaptureFixture[str]) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_train_unlearn_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    original, retrain, unlearned = (
+        tmp_path / "original.pth",
+        tmp_path / "retrain.pth",
+        tmp_path / "jit.pth",
+    )
+    main(["train", *TINY, "--requests", "3", "--seed", "1", "--out", str(original)])
+    trained = _json(capsys)
+    assert len(trained["forget_identities"]) == 3
+    assert load_checkpoint(original).sha256 == trained["sha256"]
+    main(
+        [
+            "train",
+            *TINY,
+            "--requests",
+            "3",
+            "--seed",
+            "1",
+            "--role",
+            "retrain",
+            "--out",
+            str(retrain),
+        ]
+    )
+    capsys.readouterr()
+
+    main(
+        [
+            "unlearn",
+            "--checkpoint",
+            str(original),
+            "--method",
+            "jit",
+            "--set",
+            "lr=0.1",
+            "--out",
+            str(unlearned),
+        ]
+    )
+    result = _json(capsys)
+    assert result["parent_sha256"] == trained["sha256"]
+    assert result["method_config"]["lr"] == 0.1
+    assert sorted(result["identities"]) == sorted(trained["forget_identities"])
+    lineage = load_checkpoint(unlearned).config["unlearning"]
+    assert lineage[-1]["parent_sha256"] == trained["sha256"]
+
+    main(["evaluate", "--checkpoint", str(unlearned), "--reference", str(retrain)])
+    evaluation = _json(capsys)
+    for key in ("retain", "forget", "test", "mia_auc", "mia_acc", "tow"):
+        assert 0 <= evaluation[key] <= 100
+    assert evaluation["reference"]["forget"] != evaluation["forget"]
+
+
+def test_benchmark_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench"
+    main(
+        [
+            "benchmark",
+            *TINY,
+            "--requests",
+            "2",
+            "--seeds",
+            "0,1",
+            "--methods",
+            "jit",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["requests"] == [2] and results["config"]["seeds"] == [0, 1]
+    rows = results["rows"]
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("original", 0),
+        ("retrain", 0),
+        ("jit", 0),
+        ("original", 1),
+        ("retrain", 1),
+        ("jit", 1),
+    ]
+    keys = {
+        "method",
+        "seed",
+        "requests",
+        "retain",
+        "forget",
+        "test",
+        "mia_auc",
+        "mia_acc",
+        "tow",
+        "unlearn_seconds",
+    }
+    assert all(keys <= set(row) for row in rows)
+    assert all(row["tow"] == 100.0 for row in rows if row["method"] == "retrain")
+    assert all(row["unlearn_seconds"] > 0 for row in rows if row["method"] == "jit")
+    table = (out / "results.md").read_text()
+    assert table.count("| jit |") == 2
+    assert len(results["config"]["runs"][0]["splits_sha256"]) == 64
+
+
+def test_unknown_method_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", *TINY, "--methods", "nope", "--out", str(tmp_path / "b")])
+    assert exc.value.code == 2
+    assert "unknown unlearning method" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "checkpoints").exists()
+
+
+def test_missing_data_root_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--dataset", "celeba", "--out", str(tmp_path / "b")])
+    assert "--data-root" in capsys.readouterr().err

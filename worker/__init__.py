@@ -1,0 +1,1 @@
+"""Lethe's Celery worker: preparation, erasure and benchmark jobs."""
