@@ -1,4 +1,4 @@
-"""The foundation's acceptance run: synthfaces, attributes, 5 requests, seed 0, JiT (~8 min on CPU)."""
+"""The foundation acceptance run: synthfaces, attributes, 5 requests, seed 0, JiT (minutes)."""
 
 from __future__ import annotations
 
