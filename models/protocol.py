@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -177,12 +175,6 @@ def evaluate_protocol(
         mia_auc=mia.auc,
         mia_acc=mia.acc,
     )
-
-
-def config_hash(config: dict[str, object]) -> str:
-    """Short stable fingerprint of a JSON-serializable config."""
-    blob = json.dumps(config, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def finite_or_none(value: float) -> float | None:

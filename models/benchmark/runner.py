@@ -100,6 +100,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True) -> dic
                 _row("retrain", seed, requests, reference, reference, models["retrain"][2] or None)
             )
             original = models["original"][0]
+            request = support_request(data, setup.task, indices, original, setup.image_size)
             method_configs = {}
             for name in tqdm(
                 cfg.methods,
@@ -116,7 +117,6 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True) -> dic
                     **cfg.method_overrides.get(name, {}),
                 )
                 method_configs[name] = asdict(method_cfg)
-                request = support_request(data, setup.task, indices, original, setup.image_size)
                 model = copy.deepcopy(original).to(device)
                 start = time.perf_counter()
                 model = method.unlearn(model, request, {}, method_cfg)
