@@ -134,3 +134,13 @@ def test_missing_data_root_is_a_clear_error(
     with pytest.raises(SystemExit):
         main(["benchmark", "--dataset", "celeba", "--out", str(tmp_path / "b")])
     assert "--data-root" in capsys.readouterr().err
+
+
+def test_benchmark_runs_the_multiclass_age_task(tmp_path: Path) -> None:
+    out = tmp_path / "age"
+    argv = ["benchmark", *TINY, "--task", "age", "--requests", "2", "--out", str(out), "--quiet"]
+    main(argv)
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["task"] == "age"
+    assert [r["method"] for r in results["rows"]] == ["original", "retrain", "jit"]
+    assert all(0 <= r["test"] <= 100 for r in results["rows"])
