@@ -1,0 +1,1 @@
+"""Service layer: the rules of requests and the model registry, independent of HTTP."""

@@ -1,0 +1,66 @@
+"""Service settings from the environment (prefix `LETHE_`), with embedded-mode defaults."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, computed_field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Defaults give the embedded single-machine deployment."""
+
+    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path(".lethe")
+    database_url: str | None = None  # default: SQLite in data_dir; Postgres: postgresql+psycopg://...
+    broker_url: str | None = None  # default: SQLite-backed kombu broker in data_dir
+    result_backend: str | None = None
+    artifact_dir: Path | None = None  # default: data_dir/artifacts
+    broker_polling_interval: float = 0.1  # SQL broker only: seconds between polls
+
+    identity_secret: str = Field(default="dev-identity-secret-change-me", min_length=16)
+    storage_key: str | None = None  # Fernet key for portraits at rest; default derived from secret
+
+    max_portrait_bytes: int = 5 * 1024 * 1024
+    max_portrait_pixels: int = 4096 * 4096
+    max_identity_length: int = 128
+
+    default_model: str = "synthfaces"
+    default_method: str = "jit"
+    guardrail_max_score_drop: float = 1.0  # audit-set points; beyond this a version needs review
+    requeue_cap: int = 3
+    sweep_after_seconds: float = 60.0  # a queued request older than this with no live task is re-sent
+    model_lock_seconds: float = 900.0  # lease on a model's version chain held by one erasure job
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in data_dir."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'lethe.db').resolve()}"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def resolved_broker_url(self) -> str:
+        """The Celery broker URL, defaulting to a SQLite-backed broker in data_dir."""
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def resolved_result_backend(self) -> str:
+        """The Celery result backend, defaulting to SQLite in data_dir."""
+        return self.result_backend or f"db+sqlite:///{(self.data_dir / 'results.sqlite').resolve()}"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        """Where model versions, audit kits and encrypted portraits are stored."""
+        return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (read once from the environment)."""
+    return Settings()

@@ -1,0 +1,225 @@
+"""SQLAlchemy tables. They are created only by the Alembic migrations in `migrations/`."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware (UTC)."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A random public identifier."""
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every Lethe table."""
+
+
+class RequestStatus(enum.StrEnum):
+    """Deletion-request lifecycle (ARCHITECTURE §4)."""
+
+    received = "received"
+    queued = "queued"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    needs_review = "needs_review"
+    rejected = "rejected"
+    canceled = "canceled"
+
+
+TERMINAL = frozenset(
+    {
+        RequestStatus.completed,
+        RequestStatus.failed,
+        RequestStatus.needs_review,
+        RequestStatus.rejected,
+        RequestStatus.canceled,
+    }
+)
+
+# Allowed transitions; `running → queued` is a requeue after a worker died mid-job.
+TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
+    RequestStatus.received: frozenset({RequestStatus.queued, RequestStatus.rejected}),
+    RequestStatus.queued: frozenset(
+        {RequestStatus.running, RequestStatus.canceled, RequestStatus.failed, RequestStatus.rejected}
+    ),
+    RequestStatus.running: frozenset(
+        {
+            RequestStatus.completed,
+            RequestStatus.failed,
+            RequestStatus.needs_review,
+            RequestStatus.rejected,
+            RequestStatus.queued,
+        }
+    ),
+}
+
+
+class VersionStatus(enum.StrEnum):
+    """Whether a model version's onboarding artifacts exist."""
+
+    preparing = "preparing"
+    ready = "ready"
+    failed = "failed"
+
+
+class ApiClient(Base):
+    """A caller of the API; only the SHA-256 of its key is stored."""
+
+    __tablename__ = "api_clients"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    key_prefix: Mapped[str] = mapped_column(String(16), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RegisteredModel(Base):
+    """A deployed model: a chain of versions and movable aliases."""
+
+    __tablename__ = "registered_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    task: Mapped[str] = mapped_column(String(50))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Lease that serializes erasure jobs on this model (one writer per version chain).
+    lock_owner: Mapped[str | None] = mapped_column(String(64))
+    lock_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    versions: Mapped[list[ModelVersion]] = relationship(
+        back_populates="model", order_by="ModelVersion.version"
+    )
+
+
+class ModelVersion(Base):
+    """One immutable set of weights; erasures append children to the chain."""
+
+    __tablename__ = "model_versions"
+    # Two versions of one model never share a parent: the chain is linear by construction.
+    __table_args__ = (
+        UniqueConstraint("model_id", "version"),
+        UniqueConstraint("model_id", "parent_id", name="uq_model_versions_one_child"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    status: Mapped[str] = mapped_column(String(20), default=VersionStatus.preparing.value)
+    artifact_uri: Mapped[str] = mapped_column(String(500))
+    sha256: Mapped[str] = mapped_column(String(64))
+    arch: Mapped[str] = mapped_column(String(100))
+    method: Mapped[str | None] = mapped_column(String(50))
+    resolved_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    erased_identity_hashes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    artifacts: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # name -> sha256
+    prepare_error: Mapped[str | None] = mapped_column(Text)
+    created_by_request_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    model: Mapped[RegisteredModel] = relationship(back_populates="versions")
+
+
+class ModelIdentity(Base):
+    """Keyed hash of a training identity of a model: what can be asked to be forgotten."""
+
+    __tablename__ = "model_identities"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id"), primary_key=True)
+    identity_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class Alias(Base):
+    """A movable name (`serving`, ...) pointing at one version of a model."""
+
+    __tablename__ = "aliases"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class DeletionRequest(Base):
+    """A request to forget one identity from one model."""
+
+    __tablename__ = "deletion_requests"
+    __table_args__ = (UniqueConstraint("client_id", "idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    client_id: Mapped[str] = mapped_column(ForeignKey("api_clients.id"), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id"), index=True)
+    identity_hash: Mapped[str] = mapped_column(String(64), index=True)
+    method: Mapped[str] = mapped_column(String(50))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    body_fingerprint: Mapped[str] = mapped_column(String(64))
+    portrait_sha256: Mapped[str] = mapped_column(String(64))
+    portrait_uri: Mapped[str | None] = mapped_column(String(500))  # None once destroyed
+    parent_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    result_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    events: Mapped[list[RequestEvent]] = relationship(order_by="RequestEvent.id")
+    audit: Mapped[Audit | None] = relationship(uselist=False)
+
+
+class RequestEvent(Base):
+    """Append-only history of a request's transitions."""
+
+    __tablename__ = "request_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("deletion_requests.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(100))
+    from_status: Mapped[str | None] = mapped_column(String(20))
+    to_status: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Audit(Base):
+    """Before/after metrics of one erasure (ARCHITECTURE §6)."""
+
+    __tablename__ = "audits"
+
+    request_id: Mapped[str] = mapped_column(ForeignKey("deletion_requests.id"), primary_key=True)
+    before: Mapped[dict[str, Any]] = mapped_column(JSON)
+    after: Mapped[dict[str, Any]] = mapped_column(JSON)
+    delta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    run: Mapped[dict[str, Any]] = mapped_column(JSON)  # change norm, wall time, device, memory
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
