@@ -15,7 +15,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", extra="ignore")
 
     data_dir: Path = Path(".lethe")
-    database_url: str | None = None  # default: SQLite in data_dir; Postgres: postgresql+psycopg://...
+    database_url: str | None = (
+        None  # default: SQLite in data_dir; Postgres: postgresql+psycopg://...
+    )
     broker_url: str | None = None  # default: SQLite-backed kombu broker in data_dir
     result_backend: str | None = None
     artifact_dir: Path | None = None  # default: data_dir/artifacts
@@ -32,7 +34,7 @@ class Settings(BaseSettings):
     default_method: str = "jit"
     guardrail_max_score_drop: float = 1.0  # audit-set points; beyond this a version needs review
     requeue_cap: int = 3
-    sweep_after_seconds: float = 60.0  # a queued request older than this with no live task is re-sent
+    sweep_after_seconds: float = 60.0  # re-send a queued request with no live task after this
     model_lock_seconds: float = 900.0  # lease on a model's version chain held by one erasure job
 
     @computed_field  # type: ignore[prop-decorator]

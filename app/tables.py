@@ -60,7 +60,12 @@ TERMINAL = frozenset(
 TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
     RequestStatus.received: frozenset({RequestStatus.queued, RequestStatus.rejected}),
     RequestStatus.queued: frozenset(
-        {RequestStatus.running, RequestStatus.canceled, RequestStatus.failed, RequestStatus.rejected}
+        {
+            RequestStatus.running,
+            RequestStatus.canceled,
+            RequestStatus.failed,
+            RequestStatus.rejected,
+        }
     ),
     RequestStatus.running: frozenset(
         {
@@ -187,7 +192,9 @@ class DeletionRequest(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
