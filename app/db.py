@@ -68,5 +68,7 @@ def migrate(settings: Settings | None = None, revision: str = "head") -> None:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", (settings or get_settings()).resolved_database_url)
+    url = (settings or get_settings()).resolved_database_url
+    # Config values go through ConfigParser interpolation: a percent-encoded password needs `%%`.
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     command.upgrade(config, revision)

@@ -105,8 +105,12 @@ class PortraitVault:
         return hashlib.sha256(data).hexdigest(), f"portrait:{token}"
 
     def _path(self, uri: str) -> Path:
-        token = uri.removeprefix("portrait:")
-        if len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
+        scheme, _, token = uri.partition(":")
+        if (
+            scheme != "portrait"
+            or len(token) != 32
+            or any(c not in "0123456789abcdef" for c in token)
+        ):
             raise ValueError(f"not a portrait URI: {uri!r}")
         return self.root / token
 

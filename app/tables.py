@@ -10,13 +10,26 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     DateTime,
+    Dialect,
     ForeignKey,
     Integer,
+    MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Every constraint gets a deterministic name, so later migrations can drop or alter it by name
+# (SQLite's batch mode cannot address unnamed constraints).
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
 
 
 def utcnow() -> datetime:
@@ -29,8 +42,33 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend."""
+
+    # SQLite keeps no offset and would hand back naive datetimes that cannot be compared with
+    # utcnow(); storing UTC and re-attaching it on load makes both backends behave the same.
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Normalize to UTC before storing (naive values are taken as UTC)."""
+        if value is None or value.tzinfo is None:
+            return value
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return an aware UTC datetime."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
     """Declarative base of every Lethe table."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class RequestStatus(enum.StrEnum):
@@ -97,8 +135,8 @@ class ApiClient(Base):
     key_prefix: Mapped[str] = mapped_column(String(16), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     scopes: Mapped[list[str]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class RegisteredModel(Base):
@@ -109,10 +147,10 @@ class RegisteredModel(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     task: Mapped[str] = mapped_column(String(50))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # Lease that serializes erasure jobs on this model (one writer per version chain).
     lock_owner: Mapped[str | None] = mapped_column(String(64))
-    lock_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     versions: Mapped[list[ModelVersion]] = relationship(
         back_populates="model", order_by="ModelVersion.version"
@@ -143,7 +181,7 @@ class ModelVersion(Base):
     artifacts: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # name -> sha256
     prepare_error: Mapped[str | None] = mapped_column(Text)
     created_by_request_id: Mapped[str | None] = mapped_column(String(36))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     model: Mapped[RegisteredModel] = relationship(back_populates="versions")
 
@@ -165,9 +203,7 @@ class Alias(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id"), primary_key=True)
     name: Mapped[str] = mapped_column(String(50), primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class DeletionRequest(Base):
@@ -192,14 +228,10 @@ class DeletionRequest(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, index=True
-    )
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     events: Mapped[list[RequestEvent]] = relationship(order_by="RequestEvent.id")
     audit: Mapped[Audit | None] = relationship(uselist=False)
@@ -212,7 +244,7 @@ class RequestEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(ForeignKey("deletion_requests.id"), index=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     actor: Mapped[str] = mapped_column(String(100))
     from_status: Mapped[str | None] = mapped_column(String(20))
     to_status: Mapped[str] = mapped_column(String(20))
@@ -229,4 +261,4 @@ class Audit(Base):
     after: Mapped[dict[str, Any]] = mapped_column(JSON)
     delta: Mapped[dict[str, Any]] = mapped_column(JSON)
     run: Mapped[dict[str, Any]] = mapped_column(JSON)  # change norm, wall time, device, memory
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

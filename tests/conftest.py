@@ -1,14 +1,24 @@
-"""Shared fixtures: small synthfaces data, so the suite stays fast on 2 CPU cores."""
+"""Shared fixtures: small synthfaces data, so the suite stays fast on 2 CPU cores; real services."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from services import (
+    create_postgres_database,
+    drop_postgres_database,
+    flush_redis_db,
+    make_settings,
+    redis_db_url,
+)
 
+from app.settings import Settings
 from models.data.base import FaceData
 from models.data.synthfaces import SynthFacesConfig, load_synthfaces
 
@@ -24,3 +34,42 @@ def _threads() -> None:
 def small_faces() -> FaceData:
     """60 synthfaces identities at 32×32."""
     return load_synthfaces(SMALL)
+
+
+# --- Real services: PostgreSQL and Redis (see tests/services.py) -------------------------------
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped (WITH FORCE) afterwards."""
+    from app.db import get_engine
+
+    url = create_postgres_database()
+    try:
+        yield url
+    finally:
+        get_engine(Settings(_env_file=None, database_url=url)).dispose()
+        drop_postgres_database(url)
+
+
+@pytest.fixture
+def service_settings(tmp_path: Path, pg_database: str) -> Iterator[Settings]:
+    """Settings of the real deployment: Postgres, Redis broker/backend, files in tmp_path."""
+    redis = redis_db_url()
+    yield make_settings(tmp_path, database_url=pg_database, broker_url=redis, result_backend=redis)
+    flush_redis_db(redis)
+
+
+@pytest.fixture
+def migrated_settings(service_settings: Settings) -> Settings:
+    """`service_settings` with the schema migrated to head."""
+    from app.db import migrate
+
+    migrate(service_settings)
+    return service_settings
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    """Settings of the embedded default: SQLite database and SQL broker under tmp_path."""
+    return make_settings(tmp_path)

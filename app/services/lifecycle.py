@@ -28,13 +28,14 @@ def transition(
         request.started_at = now
     if to in TERMINAL:
         request.finished_at = now
-    session.add(
-        RequestEvent(
-            request_id=request.id,
-            at=now,
-            actor=actor,
-            from_status=current.value if current else None,
-            to_status=to.value,
-            reason=reason,
-        )
+    event = RequestEvent(
+        at=now,
+        actor=actor,
+        from_status=current.value if current else None,
+        to_status=to.value,
+        reason=reason,
     )
+    # Through the relationship: a new request has no id until flushed, and the loaded history
+    # stays in step with the database.
+    request.events.append(event)
+    session.add(event)

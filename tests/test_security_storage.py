@@ -1,0 +1,233 @@
+"""Keyed identity hashes, API keys and scopes; the artifact store and the portrait vault."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet, InvalidToken
+from services import make_settings
+
+from app import storage
+from app.security import (
+    KEY_PREFIX,
+    SCOPES,
+    check_scopes,
+    generate_api_key,
+    hash_api_key,
+    identity_hash,
+    key_prefix,
+)
+from app.storage import ArtifactStore, PortraitVault, portrait_vault, storage_key
+
+PORTRAIT = b"\x89PNG\r\n\x1a\n" + b"a very recognisable face " * 40
+
+
+def files_under(root: Path) -> list[Path]:
+    """Every file below root (temporary files included)."""
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+# --- security -------------------------------------------------------------------------------
+
+
+def test_identity_hash_is_keyed_and_deterministic(tmp_path: Path) -> None:
+    one = make_settings(tmp_path, identity_secret="first-secret-0123456789")
+    two = make_settings(tmp_path, identity_secret="second-secret-0123456789")
+    assert identity_hash("celeb-0042", one) == identity_hash("celeb-0042", one)
+    assert identity_hash("celeb-0042", one) != identity_hash("celeb-0042", two)
+    assert identity_hash("celeb-0042", one) != identity_hash("celeb-0043", one)
+    assert identity_hash("celeb-0042", one) != hashlib.sha256(b"celeb-0042").hexdigest()
+    assert len(identity_hash("celeb-0042", one)) == 64
+
+
+def test_api_keys_are_random_and_stored_only_as_a_hash() -> None:
+    key, other = generate_api_key(), generate_api_key()
+    assert key != other and key.startswith(KEY_PREFIX)
+    assert len(key) > len(KEY_PREFIX) + 40
+    assert hash_api_key(key) == hash_api_key(key) == hashlib.sha256(key.encode()).hexdigest()
+    assert hash_api_key(key) != hash_api_key(other)
+    assert key_prefix(key) == key[: len(KEY_PREFIX) + 6]
+    assert key.startswith(key_prefix(key)) and len(key_prefix(key)) <= 16
+
+
+def test_check_scopes_sorts_deduplicates_and_rejects_unknown() -> None:
+    assert check_scopes(["requests:read", "requests:create", "requests:read"]) == [
+        "requests:create",
+        "requests:read",
+    ]
+    assert check_scopes(list(SCOPES)) == sorted(SCOPES)
+    assert check_scopes([]) == []
+    with pytest.raises(ValueError, match="unknown scope"):
+        check_scopes(["requests:read", "models:everything"])
+
+
+# --- artifact store -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    """An empty artifact store."""
+    return ArtifactStore(tmp_path / "artifacts")
+
+
+def test_put_read_exists_delete(store: ArtifactStore) -> None:
+    sha = store.put_bytes("weights", b"tensor bytes")
+    assert sha == hashlib.sha256(b"tensor bytes").hexdigest()
+    assert store.exists("weights", sha)
+    assert store.read("weights", sha) == b"tensor bytes"
+    assert store.path("weights", sha) == store.root / "weights" / sha[:2] / sha
+    store.delete("weights", sha)
+    assert not store.exists("weights", sha)
+    store.delete("weights", sha)
+
+
+def test_put_is_idempotent_and_leaves_no_temporary_file(store: ArtifactStore) -> None:
+    first = store.put_bytes("weights", b"same")
+    second = store.put_bytes("weights", b"same")
+    assert first == second
+    assert files_under(store.root) == [store.path("weights", first)]
+
+
+def test_put_file_copies_and_hashes(store: ArtifactStore, tmp_path: Path) -> None:
+    source = tmp_path / "model.safetensors"
+    source.write_bytes(os.urandom(3 << 20))
+    sha = store.put_file("weights", source)
+    assert sha == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert store.read("weights", sha) == source.read_bytes()
+    assert store.put_file("weights", source) == sha
+    assert files_under(store.root) == [store.path("weights", sha)]
+
+
+def test_a_corrupt_artifact_is_detected(store: ArtifactStore) -> None:
+    sha = store.put_bytes("weights", b"original")
+    store.path("weights", sha).write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="corrupt"):
+        store.read("weights", sha)
+
+
+@pytest.mark.parametrize("name", ["", "abc", "G" * 64, "A" * 64, "../" + "a" * 61])
+def test_a_malformed_hash_is_rejected(store: ArtifactStore, name: str) -> None:
+    with pytest.raises(ValueError, match="SHA-256"):
+        store.path("weights", name)
+
+
+def fail_replace(*_args: object) -> None:
+    """Stand-in for os.replace: the process dies between writing and renaming."""
+    raise OSError("simulated crash before rename")
+
+
+def test_an_interrupted_put_leaves_nothing(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage.os, "replace", fail_replace)
+    with pytest.raises(OSError, match="simulated"):
+        store.put_bytes("weights", b"half written")
+    assert files_under(store.root) == []
+    assert not store.exists("weights", hashlib.sha256(b"half written").hexdigest())
+
+
+def test_an_interrupted_put_file_leaves_nothing(
+    store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"w" * 1000)
+    monkeypatch.setattr(storage.os, "replace", fail_replace)
+    with pytest.raises(OSError, match="simulated"):
+        store.put_file("weights", source)
+    assert files_under(store.root) == []
+
+
+# --- portrait vault -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def vault(tmp_path: Path) -> PortraitVault:
+    """A vault with a fresh key."""
+    return PortraitVault(tmp_path / "portraits", Fernet.generate_key())
+
+
+def test_portraits_are_encrypted_at_rest(vault: PortraitVault) -> None:
+    sha, uri = vault.put(PORTRAIT)
+    assert sha == hashlib.sha256(PORTRAIT).hexdigest()
+    [stored] = files_under(vault.root)
+    assert stored.name == uri.removeprefix("portrait:")
+    assert sha not in uri
+    ciphertext = stored.read_bytes()
+    assert ciphertext != PORTRAIT
+    assert b"recognisable face" not in ciphertext
+    assert PORTRAIT[:8] not in ciphertext
+
+
+def test_a_portrait_round_trips_and_is_destroyed(vault: PortraitVault) -> None:
+    _, uri = vault.put(PORTRAIT)
+    assert vault.exists(uri)
+    assert vault.read(uri) == PORTRAIT
+    vault.destroy(uri)
+    assert not vault.exists(uri)
+    assert files_under(vault.root) == []
+    vault.destroy(uri)
+    with pytest.raises(FileNotFoundError):
+        vault.read(uri)
+
+
+def test_the_same_portrait_twice_gets_two_uris(vault: PortraitVault) -> None:
+    (sha_a, uri_a), (sha_b, uri_b) = vault.put(PORTRAIT), vault.put(PORTRAIT)
+    assert sha_a == sha_b and uri_a != uri_b
+    vault.destroy(uri_a)
+    assert vault.read(uri_b) == PORTRAIT
+
+
+def test_another_key_cannot_read_a_portrait(vault: PortraitVault) -> None:
+    _, uri = vault.put(PORTRAIT)
+    with pytest.raises(InvalidToken):
+        PortraitVault(vault.root, Fernet.generate_key()).read(uri)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "portrait:",
+        "portrait:../../etc/passwd",
+        "portrait:" + "A" * 32,
+        "portrait:" + "a" * 31,
+        "portrait:" + "a" * 33,
+        "portrait:" + "../" + "a" * 29,
+        "weights:" + "a" * 32,
+        "a" * 32 + "/x",
+        "a" * 32,
+    ],
+)
+def test_a_bad_portrait_uri_is_rejected(vault: PortraitVault, uri: str) -> None:
+    for operation in (vault.read, vault.exists, vault.destroy):
+        with pytest.raises(ValueError, match="portrait URI"):
+            operation(uri)
+
+
+def test_an_interrupted_portrait_write_leaves_nothing(
+    vault: PortraitVault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage.os, "replace", fail_replace)
+    with pytest.raises(OSError, match="simulated"):
+        vault.put(PORTRAIT)
+    assert files_under(vault.root) == []
+
+
+def test_storage_key_is_configured_or_derived_from_the_secret(tmp_path: Path) -> None:
+    configured = Fernet.generate_key().decode()
+    assert storage_key(make_settings(tmp_path, storage_key=configured)) == configured.encode()
+    derived = storage_key(make_settings(tmp_path))
+    assert derived == storage_key(make_settings(tmp_path))
+    Fernet(derived)
+    other = make_settings(tmp_path, identity_secret="another-secret-0123456789")
+    assert storage_key(other) != derived
+
+
+def test_portrait_vault_lives_under_the_artifact_dir(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    vault = portrait_vault(settings)
+    _, uri = vault.put(PORTRAIT)
+    assert vault.root == tmp_path.resolve() / "artifacts" / "portraits"
+    assert portrait_vault(settings).read(uri) == PORTRAIT
