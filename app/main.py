@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from app.api import deletion_requests, health, models
+from app.db import migrate
+from app.errors import install_error_handlers
+from app.settings import Settings, get_settings
 from models import __version__
 
-app = FastAPI(title="Lethe", version=__version__, summary="Machine unlearning as a service")
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API for `settings` (default: from the environment); the schema is migrated at start."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(migrate, settings)
+        yield
+
+    app = FastAPI(
+        title="Lethe",
+        version=__version__,
+        summary="Machine unlearning as a service",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(
+        deletion_requests.UploadLimit, max_portrait_bytes=settings.max_portrait_bytes
+    )
+    app.include_router(health.router)
+    app.include_router(deletion_requests.router)
+    app.include_router(models.router)
+    return app
 
 
-@app.get("/healthz", tags=["health"])
-def healthz() -> dict[str, str]:
-    """The process is up."""
-    return {"status": "ok", "version": __version__}
+app = create_app()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, computed_field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,8 @@ class Settings(BaseSettings):
 
     default_model: str = "synthfaces"
     default_method: str = "jit"
+    # Operator overrides of pinned method configs, e.g. LETHE_METHOD_OPTIONS='{"jit": {"lr": 0.01}}'
+    method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     guardrail_max_score_drop: float = 1.0  # audit-set points; beyond this a version needs review
     requeue_cap: int = 3
     sweep_after_seconds: float = 60.0  # re-send a queued request with no live task after this

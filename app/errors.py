@@ -1,0 +1,140 @@
+"""The API's error codes (the one table of them), the `ApiError` exception and its handlers."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from app.schemas import ErrorBody
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    """A documented error: HTTP status, stable code and what it means."""
+
+    status: int
+    code: str
+    description: str
+
+
+_CODES = (
+    ErrorCode(401, "missing_api_key", "No `X-API-Key` header was sent."),
+    ErrorCode(401, "invalid_api_key", "The API key is unknown or revoked."),
+    ErrorCode(403, "insufficient_scope", "The API key lacks the scope this endpoint needs."),
+    ErrorCode(422, "invalid_request", "A parameter or the body failed validation."),
+    ErrorCode(422, "portrait_missing", "No `portrait` file was sent, or it was empty."),
+    ErrorCode(415, "portrait_not_an_image", "The portrait's bytes are not an image."),
+    ErrorCode(415, "portrait_unsupported_format", "The portrait is not JPEG, PNG or WebP."),
+    ErrorCode(422, "portrait_truncated", "The portrait's image data is truncated or corrupt."),
+    ErrorCode(413, "portrait_too_large", "The portrait exceeds the maximum file size."),
+    ErrorCode(413, "portrait_too_many_pixels", "The portrait exceeds the maximum pixel count."),
+    ErrorCode(422, "identity_missing", "`identity_id` is missing or empty."),
+    ErrorCode(422, "identity_too_long", "`identity_id` exceeds the maximum length."),
+    ErrorCode(422, "identity_unknown", "The identity is not a training identity of the model."),
+    ErrorCode(422, "idempotency_key_invalid", "`Idempotency-Key` is empty or too long."),
+    ErrorCode(409, "idempotency_key_reused", "`Idempotency-Key` was used with another body."),
+    ErrorCode(404, "model_not_found", "No registered model has this name."),
+    ErrorCode(409, "model_not_ready", "The model has no `serving` version that is ready."),
+    ErrorCode(422, "method_unknown", "No unlearning method has this name."),
+    ErrorCode(422, "method_not_allowed", "The method needs training data; benchmark use only."),
+    ErrorCode(422, "invalid_cursor", "The pagination cursor is malformed."),
+    ErrorCode(404, "request_not_found", "No deletion request with this id is visible to you."),
+    ErrorCode(409, "not_cancelable", "Only a queued request can be canceled."),
+    ErrorCode(422, "invalid_checkpoint", "The checkpoint file cannot be registered."),
+    ErrorCode(404, "not_found", "No such endpoint."),
+    ErrorCode(400, "http_error", "The HTTP request was malformed or not allowed."),
+    ErrorCode(500, "internal_error", "An unexpected server error; it has been logged."),
+)
+ERROR_CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _CODES}
+
+
+class ApiError(HTTPException):
+    """An error answered as `{"error": {"code", "message"}}` with the given status."""
+
+    # Subclassing HTTPException lets it pass through FastAPI's body parsing untouched.
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        if code not in ERROR_CODES or ERROR_CODES[code].status != status:
+            raise ValueError(f"undocumented error {status} {code!r}; add it to app.errors")
+        super().__init__(status_code=status, detail=message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def of(cls, code: str, message: str | None = None) -> ApiError:
+        """The error for a code of the table, with its default message unless one is given."""
+        entry = ERROR_CODES[code]
+        return cls(entry.status, code, message or entry.description)
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    """The JSON response of an error."""
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(status_code=status, content=body)
+
+
+def responses(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` documenting these codes, grouped by status."""
+    by_status: dict[int, list[ErrorCode]] = defaultdict(list)
+    for code in codes:
+        entry = ERROR_CODES[code]
+        by_status[entry.status].append(entry)
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": "\n".join(f"- `{e.code}`: {e.description}" for e in entries),
+        }
+        for status, entries in sorted(by_status.items())
+    }
+
+
+AUTH_ERRORS = ("missing_api_key", "invalid_api_key", "insufficient_scope", "invalid_request")
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, "invalid_request", _validation_message(exc))
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = "not_found" if exc.status_code == 404 else "http_error"
+    response = error_response(exc.status_code, code, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", ERROR_CODES["internal_error"].description)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error in the `{"error": {...}}` shape."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

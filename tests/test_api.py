@@ -1,0 +1,666 @@
+"""The HTTP API against a real, migrated database (SQLite and PostgreSQL); only enqueue is faked."""
+
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import select
+
+import app.services.requests as request_service
+from app.api import health
+from app.api.deletion_requests import FORM_OVERHEAD
+from app.cli import keys_create
+from app.db import migrate, session_scope
+from app.errors import ERROR_CODES
+from app.main import create_app
+from app.security import identity_hash
+from app.settings import Settings, get_settings
+from app.storage import portrait_vault
+from app.tables import (
+    Alias,
+    ApiClient,
+    Audit,
+    DeletionRequest,
+    ModelIdentity,
+    ModelVersion,
+    RegisteredModel,
+    RequestStatus,
+    VersionStatus,
+    utcnow,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+MAX_BYTES = 100_000
+MAX_PIXELS = 256 * 256
+MAX_IDENTITY = 32
+IDENTITIES = [f"person-{i}" for i in range(1, 7)]
+
+
+@dataclass
+class Api:
+    """A test client on a fresh app, its settings, keys by role and the faked broker calls."""
+
+    client: TestClient
+    settings: Settings
+    keys: dict[str, str]
+    enqueued: list[str] = field(default_factory=list)
+    revoked: list[str] = field(default_factory=list)
+
+    def submit(
+        self,
+        *,
+        identity: str = "person-1",
+        portrait: bytes | None = None,
+        filename: str = "portrait.png",
+        content_type: str = "image/png",
+        model: str | None = None,
+        method: str | None = None,
+        idempotency_key: str | None = None,
+        key: str = "writer",
+    ) -> httpx.Response:
+        """POST /deletion-requests as the multipart form a client sends."""
+        data = {"identity_id": identity}
+        if model is not None:
+            data["model"] = model
+        if method is not None:
+            data["method"] = method
+        headers = {"X-API-Key": self.keys[key]}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        files = None if portrait is None else {"portrait": (filename, portrait, content_type)}
+        return self.client.post("/deletion-requests", data=data, files=files, headers=headers)
+
+    def get(self, path: str, key: str = "writer", **params: Any) -> httpx.Response:
+        """GET with an API key."""
+        return self.client.get(path, headers={"X-API-Key": self.keys[key]}, params=params)
+
+
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (48, 48)) -> bytes:
+    """A noisy RGB image (noise keeps JPEG from compressing to nothing)."""
+    image = Image.merge("RGB", [Image.effect_noise(size, 60 + 10 * c) for c in range(3)])
+    out = io.BytesIO()
+    # A second frame is what makes Pillow write (and read back) a multi-picture JPEG.
+    extra = {"save_all": True, "append_images": [image]} if fmt == "MPO" else {}
+    image.save(out, format=fmt, **extra)
+    return out.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims `width`×`height` pixels: a decompression-bomb stand-in."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+PNG = image_bytes("PNG")
+
+
+def seed_models(settings: Settings) -> None:
+    """`synthfaces` (ready and serving, six identities), `unready` (preparing), `unaliased`."""
+    with session_scope(settings) as session:
+        for name, status, alias in (
+            ("synthfaces", VersionStatus.ready, True),
+            ("unready", VersionStatus.preparing, True),
+            ("unaliased", VersionStatus.ready, False),
+        ):
+            model = RegisteredModel(name=name, task="attributes")
+            session.add(model)
+            session.flush()
+            version = ModelVersion(
+                model_id=model.id,
+                version=1,
+                status=status.value,
+                artifact_uri=f"models/{'0' * 64}",
+                sha256="0" * 64,
+                arch="resnet18",
+            )
+            session.add(version)
+            session.flush()
+            if alias:
+                session.add(Alias(model_id=model.id, name="serving", version_id=version.id))
+            session.add_all(
+                ModelIdentity(model_id=model.id, identity_hash=identity_hash(i, settings))
+                for i in IDENTITIES
+            )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def api_settings(request: pytest.FixtureRequest) -> Settings:
+    """Migrated settings on each backend, with small limits so tests stay fast."""
+    if request.param == "postgres":
+        base: Settings = request.getfixturevalue("migrated_settings")
+    else:
+        base = request.getfixturevalue("sqlite_settings")
+        migrate(base)
+    return base.model_copy(
+        update={
+            "max_portrait_bytes": MAX_BYTES,
+            "max_portrait_pixels": MAX_PIXELS,
+            "max_identity_length": MAX_IDENTITY,
+        }
+    )
+
+
+@pytest.fixture
+def api(api_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+    """The app with its lifespan (migrations) run, seeded models and keys for each role."""
+    seed_models(api_settings)
+    keys = {
+        "writer": keys_create("writer", ["requests:create", "requests:read"], api_settings),
+        "reader": keys_create("reader", ["requests:read"], api_settings),
+        "other": keys_create("other", ["requests:create", "requests:read"], api_settings),
+        "admin": keys_create("admin", ["models:admin"], api_settings),
+    }
+    with TestClient(create_app(api_settings)) as client:
+        state = Api(client, api_settings, keys)
+
+        def enqueue(request_id: str) -> str:
+            state.enqueued.append(request_id)
+            return f"task-{len(state.enqueued)}"
+
+        monkeypatch.setattr(request_service, "enqueue_erase", enqueue)
+        monkeypatch.setattr(request_service, "revoke_task", state.revoked.append)
+        yield state
+
+
+def error_code(response: httpx.Response) -> str:
+    """The `error.code` of an error answer (and check the shape)."""
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["message"]
+    code: str = body["error"]["code"]
+    assert ERROR_CODES[code].status == response.status_code
+    return code
+
+
+def stored_portraits(settings: Settings) -> list[Path]:
+    """Files in the portrait vault."""
+    folder = settings.resolved_artifact_dir / "portraits"
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+def request_rows(settings: Settings) -> list[DeletionRequest]:
+    """Every deletion request row."""
+    with session_scope(settings) as session:
+        return list(session.scalars(select(DeletionRequest)))
+
+
+def assert_nothing_stored(api: Api) -> None:
+    """No request row, no portrait file and nothing enqueued."""
+    assert request_rows(api.settings) == []
+    assert stored_portraits(api.settings) == []
+    assert api.enqueued == []
+
+
+# --- Creating a request ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "MPO"])
+def test_create_accepts_each_format(api: Api, fmt: str) -> None:
+    portrait = image_bytes(fmt)
+    assert Image.open(io.BytesIO(portrait)).format == fmt
+    response = api.submit(portrait=portrait, content_type="application/octet-stream")
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "queued"
+
+
+def test_create_records_then_enqueues(api: Api) -> None:
+    response = api.submit(identity="person-1", portrait=PNG)
+    assert response.status_code == 202, response.text
+    request_id = response.json()["id"]
+    assert response.json() == {"id": request_id, "status": "queued"}
+    assert response.headers["Location"] == f"/deletion-requests/{request_id}"
+    assert api.enqueued == [request_id]
+
+    detail = api.get(response.headers["Location"])
+    assert detail.status_code == 200
+    body = detail.json()
+    assert body["status"] == "queued" and body["model"] == "synthfaces" and body["method"] == "jit"
+    assert [(e["from_status"], e["to_status"]) for e in body["events"]] == [
+        (None, "received"),
+        ("received", "queued"),
+    ]
+    assert all(e["actor"] == "writer" for e in body["events"])
+    assert body["audit"] is None and body["result_version"] is None and body["error"] is None
+
+    (row,) = request_rows(api.settings)
+    assert row.task_id == "task-1"
+    assert row.identity_hash == identity_hash("person-1", api.settings)
+    values = [str(getattr(row, c.key)) for c in DeletionRequest.__table__.columns]
+    assert not any("person-1" in value for value in values)
+
+    # The portrait is stored encrypted, as a metadata-free PNG whose hash is recorded.
+    (stored,) = stored_portraits(api.settings)
+    assert row.portrait_uri is not None
+    plain = portrait_vault(api.settings).read(row.portrait_uri)
+    assert plain[:8] not in stored.read_bytes()
+    assert Image.open(io.BytesIO(plain)).format == "PNG"
+    assert body["portrait_sha256"] == row.portrait_sha256
+
+
+def test_enqueue_failure_leaves_request_queued(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broker_down(request_id: str) -> str:
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(request_service, "enqueue_erase", broker_down)
+    response = api.submit(portrait=PNG)
+    assert response.status_code == 202
+    (row,) = request_rows(api.settings)
+    assert row.status == "queued" and row.task_id is None and row.portrait_uri is not None
+
+
+BAD_INPUTS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("no portrait", {"portrait": None}, 422, "portrait_missing"),
+    ("empty portrait", {"portrait": b""}, 422, "portrait_missing"),
+    ("not an image", {"portrait": b"definitely not an image\n" * 20}, 415, "portrait_not_an_image"),
+    (
+        "truncated JPEG",
+        {"portrait": image_bytes("JPEG", (64, 64))[:1500], "content_type": "image/jpeg"},
+        422,
+        "portrait_truncated",
+    ),
+    ("GIF", {"portrait": image_bytes("GIF"), "content_type": "image/gif"}, 415,
+     "portrait_unsupported_format"),
+    ("BMP", {"portrait": image_bytes("BMP"), "content_type": "image/bmp"}, 415,
+     "portrait_unsupported_format"),
+    ("just over the size limit", {"portrait": b"\xff" * (MAX_BYTES + 1)}, 413,
+     "portrait_too_large"),
+    ("body far over the limit", {"portrait": b"\xff" * (MAX_BYTES + FORM_OVERHEAD + 1)}, 413,
+     "portrait_too_large"),
+    ("too many pixels", {"portrait": png_header_only(1000, 1000)}, 413,
+     "portrait_too_many_pixels"),
+    ("decompression bomb", {"portrait": png_header_only(20_000, 20_000)}, 413,
+     "portrait_too_many_pixels"),
+    ("empty identity", {"identity": ""}, 422, "identity_missing"),
+    ("blank identity", {"identity": "   "}, 422, "identity_missing"),
+    ("identity too long", {"identity": "x" * (MAX_IDENTITY + 1)}, 422, "identity_too_long"),
+    ("identity unknown", {"identity": "nobody"}, 422, "identity_unknown"),
+    ("unknown model", {"model": "nope"}, 404, "model_not_found"),
+    ("model still preparing", {"model": "unready"}, 409, "model_not_ready"),
+    ("model without serving alias", {"model": "unaliased"}, 409, "model_not_ready"),
+    ("unknown method", {"method": "nope"}, 422, "method_unknown"),
+    ("idempotency key too long", {"idempotency_key": "k" * 201}, 422, "idempotency_key_invalid"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
+)
+def test_bad_input_is_refused_and_leaves_nothing(
+    api: Api, kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    response = api.submit(**{"portrait": PNG, **kwargs})
+    assert response.status_code == status, response.text
+    assert error_code(response) == code
+    assert_nothing_stored(api)
+
+
+def test_oversize_body_without_length_is_cut_off(api: Api) -> None:
+    boundary = "lethe-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="identity_id"\r\n\r\nperson-1\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="portrait"; filename="p.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    chunk = b"\xff" * 16_384
+
+    def body() -> Iterator[bytes]:
+        yield head
+        for _ in range((MAX_BYTES + FORM_OVERHEAD) // len(chunk) + 2):
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = api.client.post(
+        "/deletion-requests",
+        content=body(),
+        headers={
+            "X-API-Key": api.keys["writer"],
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+        },
+    )
+    assert "content-length" not in {k.lower() for k in response.request.headers}
+    assert response.status_code == 413 and error_code(response) == "portrait_too_large"
+    assert_nothing_stored(api)
+
+
+def test_privileged_method_is_not_allowed(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(request_service.METHOD_NEEDS, "finetune", "support+retain")
+    response = api.submit(portrait=PNG, method="finetune")
+    assert response.status_code == 422 and error_code(response) == "method_not_allowed"
+    assert_nothing_stored(api)
+
+
+def test_known_methods_match_the_worker_registry() -> None:
+    from models.methods import get_method, list_methods
+
+    assert set(request_service.METHOD_NEEDS) == set(list_methods())
+    for name, needs in request_service.METHOD_NEEDS.items():
+        assert get_method(name).needs == needs
+
+
+def test_idempotent_replay_returns_the_first_answer(api: Api) -> None:
+    first = api.submit(portrait=PNG, idempotency_key="abc")
+    again = api.submit(portrait=PNG, idempotency_key="abc")
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    assert len(request_rows(api.settings)) == 1 and len(stored_portraits(api.settings)) == 1
+    assert len(api.enqueued) == 1
+    # The key is per client: another client's identical key is a new request.
+    other = api.submit(portrait=PNG, idempotency_key="abc", key="other")
+    assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
+
+
+def test_idempotency_key_reused_with_another_body(api: Api) -> None:
+    assert api.submit(portrait=PNG, idempotency_key="abc").status_code == 202
+    for changed in ({"identity": "person-2"}, {"portrait": image_bytes("JPEG")}):
+        response = api.submit(**{"portrait": PNG, "idempotency_key": "abc", **changed})
+        assert response.status_code == 409 and error_code(response) == "idempotency_key_reused"
+    assert len(request_rows(api.settings)) == 1 and len(stored_portraits(api.settings)) == 1
+
+
+def test_concurrent_replay_loses_the_insert_race(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = api.submit(portrait=PNG, idempotency_key="race").json()["id"]
+    real_replay = request_service._replay
+    calls: list[int] = []
+
+    def late_replay(*args: Any) -> request_service.Created | None:
+        calls.append(1)
+        return None if len(calls) == 1 else real_replay(*args)  # first look misses the row
+
+    monkeypatch.setattr(request_service, "_replay", late_replay)
+    again = api.submit(portrait=PNG, idempotency_key="race")
+    assert again.status_code == 202 and again.json()["id"] == first
+    assert len(request_rows(api.settings)) == 1 and len(stored_portraits(api.settings)) == 1
+
+
+def test_failed_insert_destroys_the_portrait(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(request_service, "transition", broken)
+    with pytest.raises(RuntimeError, match="database went away"):
+        api.submit(portrait=PNG)
+    assert_nothing_stored(api)
+
+
+# --- Reading, listing, cancelling ---------------------------------------------------------------
+
+
+def set_status(settings: Settings, request_id: str, status: RequestStatus) -> None:
+    """Force a request's status, as the worker would."""
+    with session_scope(settings) as session:
+        row = session.get(DeletionRequest, request_id)
+        assert row is not None
+        row.status = status.value
+
+
+def test_get_shows_result_audit_and_error(api: Api) -> None:
+    request_id = api.submit(portrait=PNG).json()["id"]
+    with session_scope(api.settings) as session:
+        row = session.get(DeletionRequest, request_id)
+        assert row is not None
+        version = session.scalar(select(ModelVersion).where(ModelVersion.version == 1))
+        assert version is not None
+        child = ModelVersion(
+            model_id=version.model_id, version=2, parent_id=version.id, status="ready",
+            artifact_uri="models/x", sha256="1" * 64, arch="resnet18", method="jit",
+        )  # fmt: skip
+        session.add(child)
+        session.flush()
+        row.result_version_id = child.id
+        row.error_code, row.error_message = "guardrail", "score dropped 3 points"
+        session.add(
+            Audit(request_id=request_id, before={"a": 1}, after={"a": 0}, delta={"a": -1}, run={})
+        )
+    body = api.get(f"/deletion-requests/{request_id}").json()
+    assert body["result_version"] == {"model": "synthfaces", "version": 2}
+    assert body["error"] == {"code": "guardrail", "message": "score dropped 3 points"}
+    assert body["audit"] == {"before": {"a": 1}, "after": {"a": 0}, "delta": {"a": -1}, "run": {}}
+
+
+def test_requests_are_private_to_their_client(api: Api) -> None:
+    request_id = api.submit(portrait=PNG).json()["id"]
+    response = api.get(f"/deletion-requests/{request_id}", key="other")
+    assert response.status_code == 404 and error_code(response) == "request_not_found"
+    assert api.get("/deletion-requests", key="other").json()["items"] == []
+    assert api.get("/deletion-requests/nope").status_code == 404
+
+
+def test_nul_characters_are_plain_not_found(api: Api) -> None:
+    # PostgreSQL refuses NUL in text; such names must read as unknown, not crash the query.
+    assert error_code(api.get("/deletion-requests/a%00b")) == "request_not_found"
+    assert error_code(api.get("/models/a%00b/versions")) == "model_not_found"
+    assert api.get("/deletion-requests", model="a\x00b").json()["items"] == []
+    response = api.submit(portrait=PNG, model="a\x00b")
+    assert response.status_code == 404 and error_code(response) == "model_not_found"
+    assert_nothing_stored(api)
+
+
+def test_list_filters_and_paginates(api: Api) -> None:
+    ids = [api.submit(identity=f"person-{i}", portrait=PNG).json()["id"] for i in range(1, 6)]
+    set_status(api.settings, ids[0], RequestStatus.running)
+
+    seen: list[str] = []
+    pages = 0
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = api.get("/deletion-requests", **params).json()
+        pages += 1
+        assert len(page["items"]) <= 2
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3 and seen == ids[::-1]
+
+    running = api.get("/deletion-requests", status="running").json()["items"]
+    assert [r["id"] for r in running] == [ids[0]]
+    assert len(api.get("/deletion-requests", status="queued").json()["items"]) == 4
+    assert len(api.get("/deletion-requests", model="synthfaces").json()["items"]) == 5
+    assert api.get("/deletion-requests", model="unready").json()["items"] == []
+
+    bad_cursor = api.get("/deletion-requests", cursor="not-a-cursor")
+    assert bad_cursor.status_code == 422 and error_code(bad_cursor) == "invalid_cursor"
+    for params in ({"limit": 101}, {"limit": 0}, {"status": "sleeping"}):
+        response = api.get("/deletion-requests", **params)
+        assert response.status_code == 422 and error_code(response) == "invalid_request"
+
+
+def test_cancel_while_queued(api: Api) -> None:
+    request_id = api.submit(portrait=PNG).json()["id"]
+    assert len(stored_portraits(api.settings)) == 1
+    headers = {"X-API-Key": api.keys["writer"]}
+    response = api.client.post(f"/deletion-requests/{request_id}/cancel", headers=headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "canceled" and body["finished_at"] is not None
+    assert body["events"][-1]["to_status"] == "canceled" and body["events"][-1]["actor"] == "writer"
+    assert stored_portraits(api.settings) == []
+    (row,) = request_rows(api.settings)
+    assert row.portrait_uri is None and row.portrait_sha256
+    assert api.revoked == ["task-1"]
+
+    again = api.client.post(f"/deletion-requests/{request_id}/cancel", headers=headers)
+    assert again.status_code == 409 and error_code(again) == "not_cancelable"
+
+
+def test_cancel_after_start_is_refused(api: Api) -> None:
+    request_id = api.submit(portrait=PNG).json()["id"]
+    set_status(api.settings, request_id, RequestStatus.running)
+    response = api.client.post(
+        f"/deletion-requests/{request_id}/cancel", headers={"X-API-Key": api.keys["writer"]}
+    )
+    assert response.status_code == 409 and error_code(response) == "not_cancelable"
+    assert len(stored_portraits(api.settings)) == 1
+    assert api.revoked == []
+
+
+# --- Authentication ------------------------------------------------------------------------------
+
+
+def test_auth(api: Api) -> None:
+    missing = api.client.get("/deletion-requests")
+    assert missing.status_code == 401 and error_code(missing) == "missing_api_key"
+    wrong = api.client.get("/deletion-requests", headers={"X-API-Key": "lethe_nope"})
+    assert wrong.status_code == 401 and error_code(wrong) == "invalid_api_key"
+
+    scope = api.submit(portrait=PNG, key="reader")
+    assert scope.status_code == 403 and error_code(scope) == "insufficient_scope"
+    assert_nothing_stored(api)
+    admin_reads = api.get("/deletion-requests", key="admin")
+    assert admin_reads.status_code == 403 and error_code(admin_reads) == "insufficient_scope"
+
+    with session_scope(api.settings) as session:
+        for client in session.scalars(select(ApiClient).where(ApiClient.name == "reader")):
+            client.revoked_at = utcnow()
+    revoked = api.get("/deletion-requests", key="reader")
+    assert revoked.status_code == 401 and error_code(revoked) == "invalid_api_key"
+
+
+def test_lethe_keys_create_prints_a_working_key(
+    api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cli import main
+
+    monkeypatch.setenv("LETHE_DATA_DIR", str(api.settings.data_dir))
+    monkeypatch.setenv("LETHE_IDENTITY_SECRET", api.settings.identity_secret)
+    if api.settings.database_url:
+        monkeypatch.setenv("LETHE_DATABASE_URL", api.settings.database_url)
+    get_settings.cache_clear()
+    try:
+        main(["keys", "create", "--name", "cli", "--scopes", "requests:read"])
+    finally:
+        get_settings.cache_clear()
+    key = capsys.readouterr().out.strip()
+    assert key.startswith("lethe_")
+    with session_scope(api.settings) as session:
+        stored = session.scalar(select(ApiClient).where(ApiClient.name == "cli"))
+        assert stored is not None and key not in (stored.key_hash, stored.key_prefix)
+    response = api.client.get("/deletion-requests", headers={"X-API-Key": key})
+    assert response.status_code == 200
+
+
+def test_keys_create_refuses_unknown_scopes(api_settings: Settings) -> None:
+    with pytest.raises(ValueError, match="unknown scope"):
+        keys_create("x", ["requests:delete"], api_settings)
+
+
+# --- Models --------------------------------------------------------------------------------------
+
+
+def test_models_and_versions(api: Api) -> None:
+    models = api.get("/models", key="reader").json()["items"]
+    synthfaces = next(m for m in models if m["name"] == "synthfaces")
+    assert synthfaces["serving_version"] == 1 and synthfaces["latest_version"] == 1
+    assert next(m for m in models if m["name"] == "unaliased")["serving_version"] is None
+
+    (version,) = api.get("/models/synthfaces/versions", key="admin").json()["items"]
+    assert version["version"] == 1 and version["status"] == "ready"
+    assert version["aliases"] == ["serving"] and version["parent_version"] is None
+    missing = api.get("/models/nope/versions", key="reader")
+    assert missing.status_code == 404 and error_code(missing) == "model_not_found"
+
+
+def test_register_model(api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.services.registry as registry
+
+    sent: list[tuple[str, tuple[object, ...]]] = []
+    monkeypatch.setattr(registry, "enqueue", lambda name, *args, **_: sent.append((name, args)))
+    headers = {"X-API-Key": api.keys["admin"]}
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"weights")
+
+    forbidden = api.client.post(
+        "/models",
+        json={"name": "new", "checkpoint_path": str(checkpoint)},
+        headers={"X-API-Key": api.keys["writer"]},
+    )
+    assert forbidden.status_code == 403 and error_code(forbidden) == "insufficient_scope"
+
+    bad = api.client.post(
+        "/models",
+        json={"name": "new", "checkpoint_path": str(tmp_path / "none.pt")},
+        headers=headers,
+    )
+    assert bad.status_code == 422 and error_code(bad) == "invalid_checkpoint"
+    invalid = api.client.post("/models", json={"name": "new"}, headers=headers)
+    assert invalid.status_code == 422 and error_code(invalid) == "invalid_request"
+
+    created = api.client.post(
+        "/models", json={"name": "new", "checkpoint_path": str(checkpoint)}, headers=headers
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["model"] == "new" and created.json()["status"] == "preparing"
+    assert len(sent) == 1
+    listed = api.get("/models/new/versions", key="admin").json()["items"]
+    assert [v["version"] for v in listed] == [created.json()["version"]]
+
+
+# --- Health, errors, documentation ---------------------------------------------------------------
+
+
+def test_health_and_readiness(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert api.client.get("/healthz").json()["status"] == "ok"
+
+    def ok(_: Settings) -> str:
+        return "fine"
+
+    def down(_: Settings) -> str:
+        raise ConnectionError("connection refused")
+
+    checks = {"database": health.check_database, "broker": ok, "workers": ok}
+    monkeypatch.setattr(health, "CHECKS", checks)
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert ready.json()["checks"]["database"]["ok"]
+
+    monkeypatch.setitem(checks, "broker", down)
+    not_ready = api.client.get("/readyz")
+    assert not_ready.status_code == 503
+    body = not_ready.json()
+    assert body["status"] == "not_ready" and not body["checks"]["broker"]["ok"]
+    assert "connection refused" in body["checks"]["broker"]["detail"]
+    assert body["checks"]["database"]["ok"] and body["checks"]["workers"]["ok"]
+
+
+def test_unknown_route_has_the_error_shape(api: Api) -> None:
+    response = api.client.get("/nowhere")
+    assert response.status_code == 404 and error_code(response) == "not_found"
+
+
+def test_openapi_documents_every_refusal(api: Api) -> None:
+    spec = api.client.get("/openapi.json").json()
+    post = spec["paths"]["/deletion-requests"]["post"]["responses"]
+    documented = " ".join(r.get("description", "") for r in post.values())
+    for _, _, status, code in BAD_INPUTS:
+        assert str(status) in post and f"`{code}`" in documented
+    assert "`idempotency_key_reused`" in documented and "`method_not_allowed`" in documented
+    cancel = spec["paths"]["/deletion-requests/{request_id}/cancel"]["post"]["responses"]
+    assert "`not_cancelable`" in cancel["409"]["description"]
+
+
+def test_app_import_stays_free_of_torch(tmp_path: Path) -> None:
+    code = "import app.main, sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    env = {"LETHE_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=120)
