@@ -6,7 +6,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /srv/lethe
-COPY pyproject.toml Makefile README.md ./
+COPY pyproject.toml Makefile README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
 COPY models ./models

@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: install run test test-slow lint benchmark clean
+.PHONY: install run test test-slow compose-tool clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ install: $(STAMP)
 run: install
 	$(BIN)/lethe benchmark --dataset synthfaces --task attributes --requests 5 --seeds 0 --methods jit --out runs/benchmark
 
-test: install
+# Debian's docker-compose validates docker-compose.yml without a Docker engine (tests/test_compose.py).
+compose-tool:
+	@command -v docker-compose >/dev/null || [ "$$(id -u)" != 0 ] || { \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }; }
+
+test: install compose-tool
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     guardrail_max_score_drop: float = 1.0  # audit-set points; beyond this a version needs review
     requeue_cap: int = 3
     sweep_after_seconds: float = 60.0  # re-send a queued request with no live task after this
-    model_lock_seconds: float = 900.0  # lease on a model's version chain held by one erasure job
+    sweep_interval_seconds: float = 30.0  # how often a worker runs the sweeper
+    model_lock_seconds: float = 120.0  # lease on a model's version chain held by one erasure job
 
     @computed_field  # type: ignore[prop-decorator]
     @property

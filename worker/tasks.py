@@ -1,10 +1,85 @@
-"""Worker tasks. The benchmark task runs the same code as `lethe benchmark`."""
+"""Worker tasks: prepare, erase, sweep and benchmark.
+
+Task bodies import their torch-using modules lazily, so importing this module (as the worker
+does at start-up) stays light.
+"""
 
 from __future__ import annotations
 
+import logging
+import random
+import threading
+import time
 from typing import Any
 
+from celery.signals import worker_process_init, worker_ready
+
+from app.settings import get_settings
 from worker.celery_app import celery_app
+
+log = logging.getLogger(__name__)
+
+
+@celery_app.task(name="lethe.prepare")
+def prepare_task(version_id: int) -> dict[str, Any]:
+    """Build a registered version's identity index and audit kit, then mark it ready."""
+    from worker.prepare import prepare_version
+
+    return prepare_version(get_settings(), version_id)
+
+
+@celery_app.task(name="lethe.erase", bind=True, max_retries=None)
+def erase_task(self: Any, request_id: str) -> dict[str, Any]:
+    """Erase one deletion request; waits its turn (retrying) while its model is leased."""
+    from worker.erase import Busy, erase_request
+
+    try:
+        outcome = erase_request(get_settings(), request_id, task_id=self.request.id)
+    except Busy as exc:
+        if exc.patience is not None and self.request.retries >= exc.patience:
+            log.warning("request %s: gave up waiting: %s", request_id, exc)
+            return {"request_id": request_id, "status": "gave_up", "detail": str(exc)}
+        # Jittered, so that jobs waiting for one model do not poll it in lockstep.
+        raise self.retry(countdown=random.uniform(1.0, 2.0)) from exc
+    return outcome.to_dict()
+
+
+@celery_app.task(name="lethe.sweep")
+def sweep_task() -> dict[str, Any]:
+    """Re-send lost erasure tasks and remove stray portraits."""
+    from dataclasses import asdict
+
+    from worker.sweeper import sweep
+
+    return asdict(sweep(get_settings()))
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    """A forked pool process must not share the parent's database connections."""
+    from app.db import get_engine
+
+    get_engine(get_settings()).dispose(close=False)
+
+
+def _sweep_forever(interval: float) -> None:
+    """Sweep at start-up, then every `interval` seconds, for as long as the worker lives."""
+    # No broker inspection: a worker cannot answer its own inspect call while it sweeps.
+    from worker.sweeper import sweep
+
+    while True:
+        try:
+            sweep(get_settings(), inspect=False)
+        except Exception:
+            log.exception("sweep failed")
+        time.sleep(interval)
+
+
+@worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    """A starting worker re-sends what a previous one lost, and keeps doing so periodically."""
+    interval = get_settings().sweep_interval_seconds
+    threading.Thread(target=_sweep_forever, args=(interval,), name="sweeper", daemon=True).start()
 
 
 @celery_app.task(name="lethe.benchmark")

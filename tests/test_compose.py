@@ -1,0 +1,61 @@
+"""docker-compose.yml is valid and names only modules and commands that exist."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def _command(service: str) -> list[str]:
+    command = SERVICES[service]["command"]
+    return command if isinstance(command, list) else command.split()
+
+
+def test_services_and_health_checks() -> None:
+    assert {"api", "worker", "postgres", "redis", "migrate"} <= set(SERVICES)
+    for name in ("api", "postgres", "redis"):
+        assert "test" in SERVICES[name]["healthcheck"], name
+    gpu = SERVICES["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    for name in ("api", "worker", "migrate"):
+        assert SERVICES[name]["build"] == "."
+    assert (ROOT / "Dockerfile").is_file()
+
+
+def test_named_modules_and_commands_exist() -> None:
+    api = _command("api")
+    assert api[0] == "uvicorn"
+    module, attr = api[1].split(":")
+    assert importlib.util.find_spec(module) is not None
+    assert hasattr(importlib.import_module(module), attr)
+    worker = _command("worker")
+    assert worker[:2] == ["celery", "-A"]
+    celery_module = importlib.import_module(worker[2])
+    assert hasattr(celery_module, "celery_app")
+    migrate = _command("migrate")
+    assert migrate[:2] == ["alembic", "upgrade"] and (ROOT / "alembic.ini").is_file()
+    for name in ("uvicorn", "celery", "alembic"):
+        assert shutil.which(name) or (ROOT / ".venv" / "bin" / name).exists(), name
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="Debian's docker-compose not installed"
+)
+def test_docker_compose_config_accepts_the_file() -> None:
+    result = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,171 @@
+"""The service end to end: uvicorn, a real Celery worker process, Postgres, Redis and real HTTP."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from app.cli import keys_create
+from app.db import session_scope
+from app.storage import artifact_store
+from app.tables import DeletionRequest, ModelVersion
+from models.cli import main as ml_main
+from models.data.synthfaces import SynthFaces, SynthFacesConfig
+from models.train.checkpoint import load_checkpoint
+from worker.embedded import running_services, wait_for_ready_version, wait_for_request
+
+pytestmark = pytest.mark.integration
+MODEL = "faces"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test_resnet trained for 2 epochs on 40 synthfaces identities at 32 px."""
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pth"
+    ml_main(
+        ["train", "--synth-identities", "40", "--image-size", "32", "--epochs", "2",
+         "--requests", "3", "--out", str(path)]
+    )  # fmt: skip
+    return path
+
+
+def _portraits(checkpoint: Path, count: int) -> list[tuple[str, bytes]]:
+    """`count` training identities of the checkpoint, each with a fresh PNG portrait."""
+    ckpt = load_checkpoint(checkpoint)
+    faces = SynthFaces(SynthFacesConfig(num_identities=40, image_size=32, seed=0))
+    result = []
+    for identity in ckpt.splits["retain"][:count]:
+        buffer = io.BytesIO()
+        Image.fromarray(faces.portrait(identity).permute(1, 2, 0).numpy()).save(buffer, "PNG")
+        result.append((identity, buffer.getvalue()))
+    return result
+
+
+def _post(client: httpx.Client, identity: str, png: bytes) -> str:
+    response = client.post(
+        "/deletion-requests",
+        data={"identity_id": identity, "model": MODEL},
+        files={"portrait": ("p.png", png, "image/png")},
+    )
+    assert response.status_code == 202, response.text
+    assert response.headers["location"].endswith(response.json()["id"])
+    return str(response.json()["id"])
+
+
+def _versions(client: httpx.Client) -> dict[int, dict]:
+    items = client.get(f"/models/{MODEL}/versions").raise_for_status().json()["items"]
+    return {v["version"]: v for v in items}
+
+
+def _register(client: httpx.Client, checkpoint: Path) -> dict:
+    response = client.post("/models", json={"name": MODEL, "checkpoint_path": str(checkpoint)})
+    assert response.status_code in (201, 202), response.text
+    version = wait_for_ready_version(client, MODEL, 180)
+    assert version["status"] == "ready", version
+    return version
+
+
+def test_erasure_over_http_with_a_real_worker(service_settings, tiny_checkpoint: Path) -> None:
+    settings = service_settings.model_copy(update={"guardrail_max_score_drop": 100.0})
+    (identity, png), *others = _portraits(tiny_checkpoint, 3)
+    with running_services(settings) as services:
+        key = keys_create("it", ["requests:create", "requests:read", "models:admin"], settings)
+        with httpx.Client(
+            base_url=services.base_url, headers={"X-API-Key": key}, timeout=30
+        ) as client:
+            first = _register(client, tiny_checkpoint)
+            request_id = _post(client, identity, png)
+            body = wait_for_request(client, request_id, 180)
+
+            assert body["status"] == "completed", body
+            statuses = [e["to_status"] for e in body["events"]]
+            assert statuses == ["received", "queued", "running", "completed"]
+            assert body["audit"]["before"] and body["audit"]["after"] and body["audit"]["delta"]
+            versions = _versions(client)
+            new = versions[body["result_version"]["version"]]
+            assert new["parent_version"] == first["version"]
+            assert (
+                "serving" in new["aliases"]
+                and "serving" not in versions[first["version"]]["aliases"]
+            )
+
+            with session_scope(settings) as session:
+                row = session.get(DeletionRequest, request_id)
+                assert row.portrait_uri is None
+                assert identity not in str(vars(row))
+            vault = settings.resolved_artifact_dir / "portraits"
+            assert not any(vault.iterdir())  # the portrait is destroyed; only its hash remains
+            assert len(row.portrait_sha256) == 64
+
+            # Two requests at once: each version still has its own parent (a linear chain).
+            ids: list[str] = []
+            threads = [
+                threading.Thread(target=lambda i=i, p=p: ids.append(_post(client, i, p)))
+                for i, p in others
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            finals = [wait_for_request(client, rid, 180) for rid in ids]
+            assert [f["status"] for f in finals] == ["completed", "completed"]
+            parents = [v["parent_version"] for v in _versions(client).values()]
+            assert len(parents) == len(set(parents)) == 4
+
+
+def test_worker_killed_mid_job_is_recovered(service_settings, tiny_checkpoint: Path) -> None:
+    # A slow method configuration keeps the job running long enough to kill the worker in it.
+    settings = service_settings.model_copy(
+        update={
+            "guardrail_max_score_drop": 100.0,
+            "method_options": {"jit": {"n_samples": 4000}},
+            "sweep_after_seconds": 1.0,
+            "sweep_interval_seconds": 1.0,
+            "model_lock_seconds": 6.0,
+        }
+    )
+    (identity, png), *_ = _portraits(tiny_checkpoint, 1)
+    with running_services(settings) as services:
+        key = keys_create("it", ["requests:create", "requests:read", "models:admin"], settings)
+        with httpx.Client(
+            base_url=services.base_url, headers={"X-API-Key": key}, timeout=30
+        ) as client:
+            _register(client, tiny_checkpoint)
+            request_id = _post(client, identity, png)
+            deadline = time.monotonic() + 120
+            while client.get(f"/deletion-requests/{request_id}").json()["status"] != "running":
+                assert time.monotonic() < deadline, "the job never started"
+                time.sleep(0.2)
+            time.sleep(1.0)
+            os.kill(services.worker.pid, signal.SIGKILL)
+            services.worker.wait(timeout=10)
+            services.restart_worker()
+
+            body = wait_for_request(client, request_id, 300)
+            assert body["status"] in ("completed", "failed"), body
+            if body["status"] == "failed":
+                assert body["error"]["code"] == "requeue_cap_reached"
+            assert body["attempts"] >= 1  # requeues after the first run
+            statuses = [e["to_status"] for e in body["events"]]
+            assert statuses.count("running") >= 2 and statuses.count("queued") >= 2
+            requeue = next(
+                e
+                for e in body["events"]
+                if e["from_status"] == "running" and e["to_status"] == "queued"
+            )
+            assert requeue["reason"]
+            with session_scope(settings) as session:
+                versions = session.scalars(select(ModelVersion)).all()
+            store = artifact_store(settings)
+            for version in versions:  # every referenced model file exists and is complete
+                kind, _, sha = version.artifact_uri.partition("/")
+                assert store.read(kind, sha)

@@ -1,0 +1,82 @@
+"""The `lethe` command: the ML commands of `models.cli` plus keys, serve and demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from models.cli import build_parser as build_ml_parser
+
+
+def cmd_keys_create(args: argparse.Namespace) -> None:
+    """Create an API client and print its key (shown once, stored only hashed)."""
+    from app.cli import keys_create
+    from app.settings import get_settings
+
+    scopes = [s for s in args.scopes.split(",") if s]
+    print(keys_create(args.name, scopes, get_settings()))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Start the API and a worker (embedded: SQLite and a SQLite-backed broker) and stay up."""
+    from app.settings import get_settings
+    from worker.embedded import serve
+
+    if not args.embedded:
+        raise SystemExit(
+            "only --embedded is served by this command; deploy with docker-compose.yml"
+        )
+    serve(get_settings(), args.port)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Train or reuse a synthfaces model, register it, erase one person over HTTP, print it."""
+    from app.settings import get_settings
+    from worker.embedded import demo
+
+    result = demo(get_settings(), epochs=args.epochs)
+    print(json.dumps(result, indent=2))
+    if result["status"] != "completed":
+        raise SystemExit(f"the deletion request ended as {result['status']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `lethe` parser."""
+    parser = build_ml_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help=cmd_keys_create.__doc__)
+    create.add_argument("--name", default="client")
+    create.add_argument(
+        "--scopes", required=True, help="comma-separated, e.g. requests:create,requests:read"
+    )
+    create.set_defaults(func=cmd_keys_create)
+
+    serve = commands.add_parser("serve", help=cmd_serve.__doc__)
+    serve.add_argument(
+        "--embedded", action="store_true", help="SQLite, local artifacts, SQLite broker"
+    )
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+
+    demo = commands.add_parser("demo", help=cmd_demo.__doc__)
+    demo.add_argument("--epochs", type=int, help="training epochs for the demo model")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `lethe` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"lethe: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""The embedded deployment: SQLite, a local artifact folder, the API and a Celery worker process.
+
+`serve` starts the API + worker pair and keeps it up; `demo` (what `make run` runs) trains or
+reuses a small synthfaces model, registers it, submits a deletion request over HTTP, prints the
+finished request and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.settings import Settings
+
+TERMINAL = {"completed", "failed", "needs_review", "rejected", "canceled"}
+
+
+def free_port() -> int:
+    """An unused TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """Environment that gives child processes exactly these settings."""
+    env = dict(os.environ)
+    env["HF_HUB_OFFLINE"] = "1"
+    computed = set(type(settings).model_computed_fields)
+    for name, value in settings.model_dump(exclude=computed).items():
+        key = f"LETHE_{name.upper()}"
+        if value is None:
+            env.pop(key, None)
+        elif isinstance(value, dict | list):
+            env[key] = json.dumps(value)
+        elif isinstance(value, Path):
+            env[key] = str(value.resolve())
+        else:
+            env[key] = str(value)
+    return env
+
+
+def start_worker(env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    """Start one Celery worker process (solo pool: one job at a time) logging to logs/worker.log."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
+         "--concurrency=1", "--loglevel=INFO", f"--logfile={logs / 'worker.log'}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(logs / "worker.err").open("ab"),
+    )  # fmt: skip
+
+
+def worker_ready_count(logs: Path) -> int:
+    """How many times a worker logging to `logs` has reported ready."""
+    path = logs / "worker.log"
+    return path.read_text(errors="replace").count("ready.") if path.exists() else 0
+
+
+@dataclass
+class Services:
+    """The running API and worker processes."""
+
+    api: subprocess.Popen[bytes]
+    worker: subprocess.Popen[bytes]
+    base_url: str
+    logs: Path
+    env: dict[str, str]
+    started: list[subprocess.Popen[bytes]]
+
+    def restart_worker(self, timeout: float = 120) -> None:
+        """Start a new worker process (after the old one died) and wait until it is ready."""
+        before = worker_ready_count(self.logs)
+        self.worker = start_worker(self.env, self.logs)
+        self.started.append(self.worker)
+        _wait_until(
+            lambda: worker_ready_count(self.logs) > before, timeout, "worker restart", [self.worker]
+        )
+
+
+def _wait_until(
+    check: Any, timeout: float, what: str, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what}: a process exited early with code {proc.returncode}")
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
+
+
+def _api_up(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def running_services(settings: Settings, port: int | None = None) -> Iterator[Services]:
+    """Start uvicorn and a Celery worker for `settings`; stop both on exit."""
+    from app.db import migrate
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings)  # once, before two processes race to create the schema
+    logs = settings.data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    env = service_env(settings)
+    port = port or free_port()
+    worker = start_worker(env, logs)
+    started = [worker]
+    api = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=(logs / "api.log").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    started.append(api)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until(lambda: _api_up(base_url), 60, "API start", [api, worker])
+        _wait_until(lambda: worker_ready_count(logs) > 0, 120, "worker start", [api, worker])
+        yield Services(api, worker, base_url, logs, env, started)
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in started:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def ensure_demo_checkpoint(settings: Settings, epochs: int | None = None) -> Path:
+    """Train the default synthfaces model once (reused afterwards) and return its path."""
+    path = settings.data_dir / "models" / "synthfaces-original.pth"
+    if path.is_file():
+        return path
+    from models.cli import main as ml_main
+
+    argv = [
+        "train",
+        "--dataset",
+        "synthfaces",
+        "--requests",
+        "5",
+        "--seed",
+        "0",
+        "--out",
+        str(path),
+    ]
+    if epochs is not None:
+        argv += ["--epochs", str(epochs)]
+    ml_main(argv)
+    return path
+
+
+def demo_portrait(checkpoint: Path) -> tuple[str, bytes]:
+    """A training identity of the checkpoint and a new PNG portrait of that person."""
+    from PIL import Image
+
+    from models.data.synthfaces import SynthFaces, SynthFacesConfig
+    from models.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    spec = ckpt.config["dataset"]
+    size = {} if spec.get("num_identities") is None else {"num_identities": spec["num_identities"]}
+    faces = SynthFaces(SynthFacesConfig(image_size=spec["image_size"], seed=spec["seed"], **size))
+    identity = ckpt.splits["retain"][0]
+    pixels = faces.portrait(identity).permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return identity, buffer.getvalue()
+
+
+def wait_for_request(client: httpx.Client, request_id: str, timeout: float) -> dict[str, Any]:
+    """Poll a deletion request until it reaches a terminal state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(f"/deletion-requests/{request_id}").raise_for_status().json()
+        if body["status"] in TERMINAL or time.monotonic() > deadline:
+            return body
+        time.sleep(0.5)
+
+
+def wait_for_ready_version(client: httpx.Client, model: str, timeout: float) -> dict[str, Any]:
+    """Poll a model's versions until the newest one is prepared."""
+    deadline = time.monotonic() + timeout
+    while True:
+        versions = client.get(f"/models/{model}/versions").raise_for_status().json()
+        items = versions["items"] if isinstance(versions, dict) else versions
+        latest = max(items, key=lambda v: v["version"])
+        if latest["status"] in ("ready", "failed") or time.monotonic() > deadline:
+            return latest
+        time.sleep(0.5)
+
+
+def demo(settings: Settings, epochs: int | None = None, timeout: float = 600) -> dict[str, Any]:
+    """The whole flow on one machine; returns the finished request's JSON."""
+    from app.cli import keys_create
+
+    checkpoint = ensure_demo_checkpoint(settings, epochs)
+    identity, portrait = demo_portrait(checkpoint)
+    with running_services(settings) as services:
+        key = keys_create("demo", ["requests:create", "requests:read", "models:admin"], settings)
+        headers = {"X-API-Key": key}
+        with httpx.Client(base_url=services.base_url, headers=headers, timeout=30) as client:
+            name = settings.default_model
+            existing = client.get("/models").raise_for_status().json()
+            names = [
+                m["name"] for m in (existing["items"] if isinstance(existing, dict) else existing)
+            ]
+            if name not in names:
+                client.post(
+                    "/models", json={"name": name, "checkpoint_path": str(checkpoint.resolve())}
+                ).raise_for_status()
+            version = wait_for_ready_version(client, name, timeout)
+            if version["status"] != "ready":
+                raise RuntimeError(f"model preparation failed: {json.dumps(version)}")
+            response = client.post(
+                "/deletion-requests",
+                data={"identity_id": identity, "model": name},
+                files={"portrait": ("portrait.png", portrait, "image/png")},
+            )
+            response.raise_for_status()
+            return wait_for_request(client, response.json()["id"], timeout)
+
+
+def serve(settings: Settings, port: int) -> None:
+    """Run the API + worker pair until interrupted."""
+    with running_services(settings, port) as services:
+        print(
+            f"Lethe API on {services.base_url} (logs in {services.logs}); Ctrl-C to stop",
+            flush=True,
+        )
+        try:
+            while services.api.poll() is None and services.worker.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,242 @@
+"""The sweeper: re-send erasure tasks that went missing and remove portraits nothing refers to.
+
+Record-first-then-enqueue leaves two gaps that only a sweep closes: a `queued` request whose
+message never reached (or was lost by) the broker, and a `running` request whose worker died
+with the message (the SQL broker does not redeliver a message a killed worker had fetched).
+Neither needs Celery beat: the worker sweeps when it starts, and the embedded runner calls
+`sweep(settings)` periodically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from app.db import session_factory
+from app.settings import Settings
+from app.storage import PortraitVault, portrait_vault
+from app.tables import (
+    TERMINAL,
+    DeletionRequest,
+    ModelVersion,
+    RegisteredModel,
+    RequestStatus,
+    VersionStatus,
+    utcnow,
+)
+from worker.celery_app import celery_app, enqueue
+from worker.request_state import fence, requeue
+
+log = logging.getLogger(__name__)
+ACTOR = "sweeper"
+ERASE_TASK = "lethe.erase"
+PREPARE_TASK = "lethe.prepare"
+INSPECT_TIMEOUT = 1.0
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did."""
+
+    resent: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    preparations: list[int] = field(default_factory=list)
+    portraits_destroyed: int = 0
+
+
+@dataclass(frozen=True)
+class Held:
+    """Tasks that live workers hold (active, reserved or scheduled)."""
+
+    ids: frozenset[str]
+    prepared_versions: frozenset[int]
+
+
+def held_tasks(timeout: float = INSPECT_TIMEOUT) -> Held | None:
+    """What live workers hold, or None if no worker answered.
+
+    Busy solo-pool workers and the SQL broker (no broadcast) never answer, so None is common.
+    """
+    try:
+        inspector = celery_app.control.inspect(timeout=timeout)
+        answers = [inspector.active(), inspector.reserved(), inspector.scheduled()]
+    except Exception:
+        log.debug("workers could not be inspected", exc_info=True)
+        return None
+    if all(answer is None for answer in answers):
+        return None
+    ids: set[str] = set()
+    versions: set[int] = set()
+    for answer in answers:
+        for tasks in (answer or {}).values():
+            for task in tasks:
+                info = task.get("request", task)  # scheduled entries wrap the request
+                ids.add(str(info.get("id")))
+                args = info.get("args")
+                if info.get("name") == PREPARE_TASK and isinstance(args, list | tuple) and args:
+                    versions.add(int(args[0]))
+    return Held(frozenset(ids), frozenset(versions))
+
+
+def _resend_queued(
+    session: Session, settings: Settings, held: Held | None, report: SweepReport
+) -> None:
+    """Queued too long and not held by any worker we can see: send it again under a new task id."""
+    cutoff = utcnow() - timedelta(seconds=settings.sweep_after_seconds)
+    stale = session.scalars(
+        select(DeletionRequest).where(
+            DeletionRequest.status == RequestStatus.queued.value,
+            DeletionRequest.updated_at < cutoff,
+        )
+    ).all()
+    for request in stale:
+        if held is not None and request.task_id in held.ids:
+            continue
+        new_id = str(uuid.uuid4())
+        # Swap the task id only if nothing changed since we read the row; the old message, if it
+        # still exists, then finds a task id that is not its own and does nothing.
+        same_task = (
+            DeletionRequest.task_id.is_(None)
+            if request.task_id is None
+            else DeletionRequest.task_id == request.task_id
+        )
+        swapped = session.execute(
+            update(DeletionRequest)
+            .where(
+                DeletionRequest.id == request.id,
+                DeletionRequest.status == RequestStatus.queued.value,
+                same_task,
+            )
+            .values(task_id=new_id, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if swapped.rowcount == 1:  # type: ignore[attr-defined]
+            enqueue(ERASE_TASK, request.id, task_id=new_id)
+            report.resent.append(request.id)
+
+
+def _requeue_dead(
+    session: Session, settings: Settings, vault: PortraitVault, report: SweepReport
+) -> None:
+    """Running, but its attempt no longer holds the model's lease: the job died. Requeue it."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=settings.sweep_after_seconds)
+    rows = session.execute(
+        select(DeletionRequest, RegisteredModel)
+        .join(RegisteredModel, RegisteredModel.id == DeletionRequest.model_id)
+        .where(
+            DeletionRequest.status == RequestStatus.running.value,
+            DeletionRequest.started_at < cutoff,
+            or_(
+                RegisteredModel.lock_owner.is_(None),
+                ~RegisteredModel.lock_owner.like(DeletionRequest.id + ":%"),
+                RegisteredModel.lock_expires_at < now,
+            ),
+        )
+    ).all()
+    for request, _model in rows:
+        fresh = fence(session, request.id, RequestStatus.running, request.attempts)
+        if fresh is None:
+            session.rollback()
+            continue
+        uri = requeue(
+            session, fresh, ACTOR, "its job stopped holding the model lease", settings.requeue_cap
+        )
+        new_id = str(uuid.uuid4())
+        if fresh.status == RequestStatus.queued.value:
+            fresh.task_id = new_id
+        session.commit()
+        if fresh.status == RequestStatus.failed.value:
+            if uri:
+                vault.destroy(uri)
+            report.failed.append(fresh.id)
+        else:
+            enqueue(ERASE_TASK, fresh.id, task_id=new_id)
+            report.requeued.append(fresh.id)
+
+
+def _resend_preparing(
+    session: Session, settings: Settings, held: Held | None, starting: bool, report: SweepReport
+) -> None:
+    """Re-send the preparation of versions stuck in `preparing`.
+
+    Preparation is long and a duplicate repeats all of it, so this happens only when the workers
+    are known not to hold the task, or when a worker starts (its predecessor may have died with
+    the message); a duplicate that does run finds the version ready and stops.
+    """
+    if held is None and not starting:
+        return
+    cutoff = utcnow() - timedelta(seconds=settings.sweep_after_seconds)
+    stale = session.scalars(
+        select(ModelVersion.id).where(
+            ModelVersion.status == VersionStatus.preparing.value,
+            ModelVersion.created_at < cutoff,
+        )
+    ).all()
+    for version_id in stale:
+        if held is None or version_id not in held.prepared_versions:
+            enqueue(PREPARE_TASK, version_id)
+            report.preparations.append(version_id)
+
+
+def _clean_portraits(
+    session: Session, settings: Settings, vault: PortraitVault, report: SweepReport
+) -> None:
+    """Destroy portraits of finished requests and stored files no request refers to."""
+    finished = session.scalars(
+        select(DeletionRequest).where(
+            DeletionRequest.status.in_([s.value for s in TERMINAL]),
+            DeletionRequest.portrait_uri.is_not(None),
+        )
+    ).all()
+    for request in finished:
+        uri, request.portrait_uri = request.portrait_uri, None
+        session.commit()
+        if uri:
+            vault.destroy(uri)
+            report.portraits_destroyed += 1
+    if not vault.root.is_dir():
+        return
+    referenced = set(
+        session.scalars(
+            select(DeletionRequest.portrait_uri).where(DeletionRequest.portrait_uri.is_not(None))
+        )
+    )
+    # Files younger than the sweep delay may belong to a request the API has not committed yet.
+    cutoff = time.time() - settings.sweep_after_seconds
+    for path in vault.root.iterdir():
+        if not path.is_file() or path.stat().st_mtime >= cutoff:
+            continue
+        if path.name.startswith("."):  # a crashed write's temporary file
+            path.unlink(missing_ok=True)
+            continue
+        uri = f"portrait:{path.name}"
+        if uri not in referenced:
+            path.unlink(missing_ok=True)
+            report.portraits_destroyed += 1
+
+
+def sweep(settings: Settings, *, inspect: bool = True) -> SweepReport:
+    """One pass: re-send lost tasks, requeue dead jobs, remove stray portraits.
+
+    `inspect=False` is the worker's start-up sweep: it cannot ask the workers what they hold.
+    """
+    report = SweepReport()
+    held = held_tasks() if inspect else None
+    vault = portrait_vault(settings)
+    with session_factory(settings)() as session:
+        _resend_queued(session, settings, held, report)
+        _requeue_dead(session, settings, vault, report)
+        _resend_preparing(session, settings, held, not inspect, report)
+        _clean_portraits(session, settings, vault, report)
+    if report != SweepReport():
+        log.info("sweep: %s", report)
+    return report
