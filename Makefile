@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: install run test test-slow compose-tool clean
+.PHONY: install run benchmark test test-slow compose-tool clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job on the embedded default: the 1-SHUI benchmark on synthfaces with JiT.
+# The main job on the embedded default: train (or reuse) a synthfaces model, start the API and a
+# worker on SQLite, erase one person over HTTP and print the finished request with its audit.
 run: install
+	$(BIN)/lethe demo
+
+# The 1-SHUI benchmark on synthfaces with JiT (the table in the README).
+benchmark: install
 	$(BIN)/lethe benchmark --dataset synthfaces --task attributes --requests 5 --seeds 0 --methods jit --out runs/benchmark
 
 # Debian's docker-compose validates docker-compose.yml without a Docker engine (tests/test_compose.py).
@@ -36,4 +41,4 @@ test-slow: install
 	$(BIN)/python -m pytest -m slow
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .lethe .pytest_cache .ruff_cache
