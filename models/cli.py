@@ -271,14 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the `lethe` console script."""
-    args = build_parser().parse_args(argv)
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> None:
+    """Parse `argv` and run the chosen command; input errors exit with status 2 and a message."""
+    args = parser.parse_args(argv)
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"lethe: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ML commands alone (the `lethe` console script adds the service's, see worker/cli.py)."""
+    run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 
 from models.cli import build_parser as build_ml_parser
+from models.cli import run
 
 
 def cmd_keys_create(args: argparse.Namespace) -> None:
@@ -70,12 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `lethe` console script."""
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"lethe: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run(build_parser(), argv)
 
 
 if __name__ == "__main__":
