@@ -252,8 +252,13 @@ def demo(settings: Settings, epochs: int | None = None, timeout: float = 600) ->
             return wait_for_request(client, response.json()["id"], timeout)
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through running_services, which stops the children
+
+
 def serve(settings: Settings, port: int) -> None:
-    """Run the API + worker pair until interrupted."""
+    """Run the API + worker pair until interrupted (Ctrl-C or SIGTERM)."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with running_services(settings, port) as services:
         print(
             f"Lethe API on {services.base_url} (logs in {services.logs}); Ctrl-C to stop",
