@@ -46,6 +46,7 @@ _CODES = (
     ErrorCode(409, "model_not_ready", "The model has no `serving` version that is ready."),
     ErrorCode(422, "method_unknown", "No unlearning method has this name."),
     ErrorCode(422, "method_not_allowed", "The method needs training data; benchmark use only."),
+    ErrorCode(409, "method_not_prepared", "The serving version lacks this method's artifacts."),
     ErrorCode(422, "invalid_cursor", "The pagination cursor is malformed."),
     ErrorCode(404, "request_not_found", "No deletion request with this id is visible to you."),
     ErrorCode(409, "not_cancelable", "Only a queued request can be canceled."),

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     default_method: str = "jit"
     # Operator overrides of pinned method configs, e.g. LETHE_METHOD_OPTIONS='{"jit": {"lr": 0.01}}'
     method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Methods whose onboarding artifacts are computed when a version is registered.
+    prepare_methods: list[str] = Field(default_factory=list)
     guardrail_max_score_drop: float = 1.0  # audit-set points; beyond this a version needs review
     requeue_cap: int = 3
     sweep_after_seconds: float = 60.0  # re-send a queued request with no live task after this

@@ -135,7 +135,7 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
     """Make a checkpoint forget its request's identities from their support images."""
     from models.device import default_device
     from models.methods import get_method, resolve_config
-    from models.protocol import support_request
+    from models.protocol import prepare_method, support_request
     from models.train.checkpoint import Checkpoint, save_checkpoint
 
     checkpoint, model, data, indices = _load(args.checkpoint)
@@ -154,8 +154,11 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
     )
     device = default_device()
     request = support_request(data, config["task"], indices, model, int(config["image_size"]))
+    artifacts, _ = prepare_method(
+        method, method_cfg, model, data, config["task"], indices, int(config["image_size"])
+    )
     start = time.perf_counter()
-    model = method.unlearn(model.to(device), request, {}, method_cfg)
+    model = method.unlearn(model.to(device), request, artifacts, method_cfg)
     seconds = time.perf_counter() - start
     lineage = {
         "parent_sha256": checkpoint.sha256,

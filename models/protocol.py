@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -15,7 +16,8 @@ from models.data.registry import DatasetSpec
 from models.data.splits import SplitIndices, Splits
 from models.data.transforms import test_transform
 from models.evaluate import SetResult, evaluate_sets
-from models.methods.base import UnlearnRequest
+from models.methods.base import Artifacts, UnlearningMethod, UnlearnRequest
+from models.methods.prepare_data import build_prepare_data
 from models.metrics.mia import loss_mia
 from models.metrics.tow import SetScores, tug_of_war
 from models.nets import create_model, data_config
@@ -180,3 +182,22 @@ def evaluate_protocol(
 def finite_or_none(value: float) -> float | None:
     """JSON has no NaN: map it to null."""
     return None if math.isnan(value) else value
+
+
+def prepare_method(
+    method: UnlearningMethod,
+    cfg: object,
+    model: nn.Module,
+    data: FaceData,
+    task: str,
+    indices: SplitIndices,
+    image_size: int,
+) -> tuple[Artifacts, float | None]:
+    """Run the method's onboarding step on TRAIN minus support; (artifacts, seconds or None)."""
+    if type(method).prepare is UnlearningMethod.prepare:
+        return {}, None
+    transform = test_transform(data_config(model, image_size))
+    start = time.perf_counter()
+    prepared = build_prepare_data(data, task, indices, transform)
+    artifacts = method.prepare(model, prepared, cfg)
+    return artifacts, time.perf_counter() - start

@@ -296,6 +296,7 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("model still preparing", {"model": "unready"}, 409, "model_not_ready"),
     ("model without serving alias", {"model": "unaliased"}, 409, "model_not_ready"),
     ("unknown method", {"method": "nope"}, 422, "method_unknown"),
+    ("method not prepared", {"method": "ssd"}, 409, "method_not_prepared"),
     ("idempotency key too long", {"idempotency_key": "k" * 201}, 422, "idempotency_key_invalid"),
 ]  # fmt: skip
 

@@ -144,3 +144,13 @@ def test_benchmark_runs_the_multiclass_age_task(tmp_path: Path) -> None:
     assert results["config"]["task"] == "age"
     assert [r["method"] for r in results["rows"]] == ["original", "retrain", "jit"]
     assert all(0 <= r["test"] <= 100 for r in results["rows"])
+
+
+def test_benchmark_prepares_and_runs_every_method(tmp_path: Path) -> None:
+    out = tmp_path / "all"
+    main(["benchmark", *TINY, "--requests", "2", "--methods", "all", "--out", str(out), "--quiet"])
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert {"jit", "metaunlearn", "neggrad", "pgu", "ssd"} <= set(rows)
+    for name in ("metaunlearn", "pgu", "ssd"):  # prepared at "onboarding" before erasure
+        assert rows[name]["prepare_seconds"] > 0
+    assert rows["jit"]["prepare_seconds"] is None

@@ -16,7 +16,6 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from torch.utils.data import DataLoader
 
 from app.db import session_factory
 from app.security import identity_hash
@@ -27,10 +26,10 @@ from app.tables import ModelIdentity, ModelVersion, RegisteredModel, VersionStat
 from models.data.base import FaceData
 from models.data.registry import DatasetSpec, load_dataset
 from models.data.splits import SplitIndices, Splits, split_indices
-from models.data.torch_dataset import FaceSubset
 from models.data.transforms import test_transform
 from models.device import default_device
-from models.methods import PrepareData, UnlearningMethod, get_method, list_methods, resolve_config
+from models.methods import UnlearningMethod, get_method, resolve_config
+from models.methods.prepare_data import build_prepare_data
 from models.nets import data_config
 from models.protocol import model_from_checkpoint
 from models.train.checkpoint import load_checkpoint
@@ -60,16 +59,29 @@ def _prepare_methods(
     image_size: int,
     arch: str,
 ) -> dict[str, str]:
-    """Run `prepare` of every method that has one; store each result as tensors (no pickle)."""
+    """Run `prepare` of each method in settings.prepare_methods; store results as tensors.
+
+    A method whose preparation fails is logged and left out: the version still serves the
+    methods that need nothing, and requests for the missing one are refused by the API.
+    """
     artifacts = {}
-    for name in list_methods():
+    transform = test_transform(data_config(model, image_size))
+    prepare_data = None
+    for name in settings.prepare_methods:
         method = get_method(name)
         if type(method).prepare is UnlearningMethod.prepare:
             continue
-        cfg = resolve_config(name, data.name, arch, 1, **settings.method_options.get(name, {}))
-        transform = test_transform(data_config(model, image_size))
-        loader = DataLoader(FaceSubset(data, indices.train, task, transform), batch_size=64)
-        computed: dict[str, Any] = method.prepare(model, PrepareData(loader, data.task(task)), cfg)
+        try:
+            if prepare_data is None:
+                # The identity index is keyed like the service's stored identities.
+                prepare_data = build_prepare_data(
+                    data, task, indices, transform, lambda i: identity_hash(i, settings)
+                )
+            cfg = resolve_config(name, data.name, arch, 1, **settings.method_options.get(name, {}))
+            computed: dict[str, Any] = method.prepare(model, prepare_data, cfg)
+        except Exception:
+            log.exception("preparation of method %s failed; it will not be selectable", name)
+            continue
         if computed:
             buffer = io.BytesIO()
             torch.save(computed, buffer)

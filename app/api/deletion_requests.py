@@ -149,6 +149,7 @@ def _detail(session: Session, request: DeletionRequest) -> DeletionRequestOut:
         "model_not_ready",
         "method_unknown",
         "method_not_allowed",
+        "method_not_prepared",
     ),
 )
 def create_deletion_request(

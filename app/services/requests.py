@@ -36,8 +36,16 @@ log = logging.getLogger(__name__)
 
 # The worker owns the implementations (models.methods); the API must not import torch to ask it,
 # so it keeps this static table. tests/test_api.py checks it against the registry.
-METHOD_NEEDS: dict[str, str] = {"jit": "support"}
+METHOD_NEEDS: dict[str, str] = {
+    "jit": "support",
+    "metaunlearn": "support",
+    "neggrad": "support",
+    "pgu": "support",
+    "ssd": "support",
+}
 KNOWN_METHODS = tuple(METHOD_NEEDS)
+# Methods that erase with artifacts computed at onboarding (stored as "method:<name>").
+PREPARED_METHODS = frozenset({"metaunlearn", "pgu", "ssd"})
 
 SERVING = "serving"
 ERASE_TASK = "lethe.erase"
@@ -157,6 +165,15 @@ def _check_method(method: str) -> None:
         )
 
 
+def _check_prepared(version: ModelVersion, method: str) -> None:
+    if method in PREPARED_METHODS and f"method:{method}" not in (version.artifacts or {}):
+        raise ApiError.of(
+            "method_not_prepared",
+            f"method {method!r} needs onboarding artifacts that version {version.version} lacks "
+            f"(method:{method}); prepare it with LETHE_PREPARE_METHODS",
+        )
+
+
 def _check_identity_known(session: Session, model: RegisteredModel, identity: str) -> None:
     row = session.get(ModelIdentity, (model.id, identity))
     if row is None:
@@ -212,8 +229,9 @@ def create_request(
     fingerprint = _fingerprint(submission, identity)
     if key is not None and (earlier := _replay(session, client, key, fingerprint)):
         return earlier
-    model, _ = serving_version(session, submission.model)
+    model, version = serving_version(session, submission.model)
     _check_method(submission.method)
+    _check_prepared(version, submission.method)
     _check_identity_known(session, model, identity)
     portrait = validate_portrait(submission.portrait, settings)
 

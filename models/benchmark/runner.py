@@ -25,6 +25,7 @@ from models.protocol import (
     ModelSetup,
     evaluate_protocol,
     finite_or_none,
+    prepare_method,
     support_request,
     train_reference,
 )
@@ -117,14 +118,22 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True) -> dic
                     **cfg.method_overrides.get(name, {}),
                 )
                 method_configs[name] = asdict(method_cfg)
+                artifacts, prepare_seconds = prepare_method(
+                    method, method_cfg, original, data, setup.task, indices, setup.image_size
+                )
                 model = copy.deepcopy(original).to(device)
                 start = time.perf_counter()
-                model = method.unlearn(model, request, {}, method_cfg)
+                model = method.unlearn(model, request, artifacts, method_cfg)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - start
                 ev = evaluate_protocol(model, data, setup.task, indices, setup.image_size, device)
-                rows.append(_row(name, seed, requests, ev, reference, seconds))
+                rows.append(
+                    {
+                        **_row(name, seed, requests, ev, reference, seconds),
+                        "prepare_seconds": prepare_seconds,
+                    }
+                )
             runs.append(
                 {
                     "requests": requests,

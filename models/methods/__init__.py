@@ -1,6 +1,12 @@
 """Unlearning methods behind one registry (`register_method`, `get_method`)."""
 
-from models.methods import jit  # noqa: F401  (registers "jit")
+from models.methods import (
+    jit,  # noqa: F401  (registers "jit")
+    metaunlearn,  # noqa: F401  (registers "metaunlearn")
+    neggrad,  # noqa: F401  (registers "neggrad")
+    pgu,  # noqa: F401  (registers "pgu")
+    ssd,  # noqa: F401  (registers "ssd")
+)
 from models.methods.base import PrepareData, UnlearningMethod, UnlearnRequest
 from models.methods.registry import get_method, list_methods, register_method, resolve_config
 

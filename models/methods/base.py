@@ -34,10 +34,19 @@ class UnlearnRequest:
 
 @dataclass
 class PrepareData:
-    """Training data available at onboarding, for methods that precompute artifacts."""
+    """Training data available at onboarding, for methods that precompute artifacts.
+
+    `train` is TRAIN minus the support images. The optional fields carry the same images grouped
+    by identity key, and VAL, all test-transformed, for methods that simulate requests
+    (`models.methods.prepare_data.build_prepare_data` fills them from the protocol's splits).
+    """
 
     train: DataLoader[tuple[torch.Tensor, torch.Tensor]]
     task: TaskSpec
+    train_identities: dict[str, torch.Tensor] | None = None  # identity key → (n, 3, H, W)
+    train_targets: dict[str, torch.Tensor] | None = None  # identity key → targets of those images
+    val_images: torch.Tensor | None = None
+    val_targets: torch.Tensor | None = None
 
 
 class UnlearningMethod(ABC):

@@ -1,0 +1,151 @@
+"""SSD: Selective Synaptic Dampening (Foster et al., AAAI 2024).
+
+Diagonal-Fisher importances I_D over the training data (prepared at onboarding) and I_S over the
+support images; every parameter entry with I_S > α·I_D is multiplied by min(λ·I_D/I_S, 1). No
+gradient steps. As in the reference, importances are squared gradients of the *batch-mean* task
+loss averaged over batches, taken in eval mode, and the rule covers every parameter tensor
+(biases and norms included).
+
+Deviation: the reference uses cross-entropy everywhere; on multi-label tasks we use
+BCE-with-logits, the loss those heads are trained with (a softmax over independent attributes
+would measure the wrong thing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from models.data.base import TaskKind
+from models.methods.base import Artifacts, PrepareData, UnlearningMethod, UnlearnRequest
+from models.methods.registry import register_method
+from models.metrics.scores import per_sample_loss
+
+TargetSource = Literal["given", "pseudo"]
+Importances = dict[str, torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SSDConfig:
+    """Hyper-parameters of SSD (defaults: the original repository's ResNet setting)."""
+
+    dampening_constant: float = 1.0  # λ
+    selection_weighting: float = 10.0  # α
+    batch_size: int = 128
+    targets: TargetSource = "pseudo"  # production portraits come without labels
+
+
+def task_loss(kind: TaskKind, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Batch-mean task loss: BCE-with-logits (multi-label) or cross-entropy (multi-class)."""
+    return per_sample_loss(kind, logits, targets).mean()
+
+
+@torch.no_grad()
+def pseudo_labels(model: nn.Module, kind: TaskKind, images: torch.Tensor) -> torch.Tensor:
+    """The model's own decisions on `images`: logit > 0 per attribute, or the argmax class."""
+    logits = model(images)
+    return (logits > 0).float() if kind == "multilabel" else logits.argmax(dim=1)
+
+
+def support_targets(
+    model: nn.Module, request: UnlearnRequest, source: TargetSource
+) -> torch.Tensor:
+    """Targets of the support images: the request's labels or the model's pseudo-labels."""
+    device = next(model.parameters()).device
+    if source == "given":
+        if request.targets is None:
+            raise ValueError("targets='given' but the request carries no targets")
+        return request.targets.to(device)
+    if source != "pseudo":
+        raise ValueError(f"unknown targets source {source!r}; expected 'given' or 'pseudo'")
+    model.eval()
+    return pseudo_labels(model, request.task.kind, request.images.to(device))
+
+
+def rebatch(batches: Iterable[Batch], size: int) -> Iterator[Batch]:
+    """Regroup (images, targets) batches into batches of exactly `size` (the last may be short).
+
+    The squared batch-mean gradient depends on the batch size, so I_D and I_S must share one.
+    """
+    images: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    held = 0
+    for x, y in batches:
+        images.append(x)
+        targets.append(y)
+        held += x.shape[0]
+        while held >= size:
+            all_x, all_y = torch.cat(images), torch.cat(targets)
+            yield all_x[:size], all_y[:size]
+            images, targets, held = [all_x[size:]], [all_y[size:]], held - size
+    if held:
+        yield torch.cat(images), torch.cat(targets)
+
+
+def importances(model: nn.Module, kind: TaskKind, batches: Iterable[Batch]) -> Importances:
+    """Mean over batches of the squared gradient of the batch-mean task loss, per parameter."""
+    model.eval()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    totals = {n: torch.zeros_like(p) for n, p in named}
+    device = named[0][1].device
+    count = 0
+    for images, targets in batches:
+        loss = task_loss(kind, model(images.to(device)), targets.to(device))
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+        for (name, _), grad in zip(named, grads, strict=True):
+            if grad is not None:
+                totals[name] += grad.detach() ** 2
+        count += 1
+    if count == 0:
+        raise ValueError("no data to compute importances on")
+    return {name: total / count for name, total in totals.items()}
+
+
+@torch.no_grad()
+def dampen(
+    model: nn.Module, data_imp: Importances, support_imp: Importances, cfg: SSDConfig
+) -> None:
+    """Shrink, in place, each entry whose support importance exceeds α times its data one."""
+    for name, param in model.named_parameters():
+        if name not in support_imp:
+            continue
+        if name not in data_imp:
+            raise KeyError(f"prepared importances lack parameter {name!r}; re-run preparation")
+        oimp = data_imp[name].to(param.device, param.dtype)
+        fimp = support_imp[name]
+        mask = fimp > cfg.selection_weighting * oimp
+        factor = (cfg.dampening_constant * oimp / fimp).clamp(max=1.0)
+        param[mask] = param[mask] * factor[mask]
+
+
+@register_method("ssd")
+class SSD(UnlearningMethod):
+    """Selective Synaptic Dampening: needs the support images and prepared importances."""
+
+    needs = "support"
+    Config = SSDConfig
+
+    def prepare(self, model: nn.Module, data: PrepareData, cfg: SSDConfig) -> Artifacts:
+        """I_D over the training data, regrouped into `cfg.batch_size` batches."""
+        return {
+            "importances": importances(model, data.task.kind, rebatch(data.train, cfg.batch_size))
+        }
+
+    def unlearn(
+        self, model: nn.Module, request: UnlearnRequest, artifacts: Artifacts, cfg: SSDConfig
+    ) -> nn.Module:
+        """Compute I_S on the support images and dampen the selected parameters."""
+        if "importances" not in artifacts:
+            raise ValueError("ssd needs the importances from its prepare step; none were given")
+        targets = support_targets(model, request, cfg.targets)
+        images = request.images.to(targets.device)
+        batches = zip(images.split(cfg.batch_size), targets.split(cfg.batch_size), strict=True)
+        support_imp = importances(model, request.task.kind, batches)
+        dampen(model, artifacts["importances"], support_imp, cfg)
+        model.eval()
+        return model
