@@ -117,6 +117,9 @@ TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
 }
 
 
+SERVING = "serving"  # the alias that names the version answering production traffic
+
+
 class VersionStatus(enum.StrEnum):
     """Whether a model version's onboarding artifacts exist."""
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from models.data.base import TaskSpec
 from models.device import autocast
-from models.metrics.scores import per_sample_loss, task_score
+from models.metrics.scores import per_sample_loss, predicted_targets, task_score
 from worker.audit_kit import AuditKit
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -44,8 +44,7 @@ def decisions(kind: str, logits: torch.Tensor) -> torch.Tensor:
 
 def pseudo_labels(kind: str, logits: torch.Tensor) -> torch.Tensor:
     """The model's own predictions as targets (the portrait comes without labels)."""
-    predicted = decisions(kind, logits)
-    return predicted.float() if kind == "multilabel" else predicted.long()
+    return predicted_targets(kind, logits)
 
 
 def confidences(kind: str, logits: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.settings import Settings
 from app.storage import artifact_store
 from app.tables import (
+    SERVING,
     Alias,
     DeletionRequest,
     ModelVersion,
@@ -27,7 +28,6 @@ from app.tables import (
 from worker.celery_app import enqueue
 
 log = logging.getLogger(__name__)
-SERVING = "serving"
 PENDING = "pending"  # task/arch of a model version until its preparation job has read the weights
 PREPARE_TASK = "lethe.prepare"
 

@@ -21,6 +21,7 @@ from app.services.portraits import validate_portrait
 from app.settings import Settings
 from app.storage import portrait_vault
 from app.tables import (
+    SERVING,
     Alias,
     ApiClient,
     DeletionRequest,
@@ -47,7 +48,6 @@ KNOWN_METHODS = tuple(METHOD_NEEDS)
 # Methods that erase with artifacts computed at onboarding (stored as "method:<name>").
 PREPARED_METHODS = frozenset({"metaunlearn", "pgu", "ssd"})
 
-SERVING = "serving"
 ERASE_TASK = "lethe.erase"
 MAX_IDEMPOTENCY_KEY = 200
 ADMIN_SCOPE = "models:admin"

@@ -23,7 +23,7 @@ from torch import nn
 from models.data.base import TaskKind
 from models.methods.base import Artifacts, PrepareData, UnlearningMethod, UnlearnRequest
 from models.methods.registry import register_method
-from models.metrics.scores import per_sample_loss
+from models.metrics.scores import per_sample_loss, predicted_targets
 
 TargetSource = Literal["given", "pseudo"]
 Importances = dict[str, torch.Tensor]
@@ -48,8 +48,7 @@ def task_loss(kind: TaskKind, logits: torch.Tensor, targets: torch.Tensor) -> to
 @torch.no_grad()
 def pseudo_labels(model: nn.Module, kind: TaskKind, images: torch.Tensor) -> torch.Tensor:
     """The model's own decisions on `images`: logit > 0 per attribute, or the argmax class."""
-    logits = model(images)
-    return (logits > 0).float() if kind == "multilabel" else logits.argmax(dim=1)
+    return predicted_targets(kind, model(images))
 
 
 def support_targets(

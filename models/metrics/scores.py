@@ -119,3 +119,11 @@ def batch_score_fraction(kind: str, logits: torch.Tensor, targets: torch.Tensor)
     if math.isnan(value):
         value = 0.0
     return torch.tensor(value, dtype=torch.float32, device=logits.device)
+
+
+def predicted_targets(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    """The model's own decisions as targets: logit > 0 per attribute, or the arg-max class."""
+    _check_kind(kind)
+    if kind == "multilabel":
+        return (logits > 0).float()
+    return logits.argmax(dim=1)
