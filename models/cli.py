@@ -205,7 +205,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
-    """Run the 1-SHUI protocol and write results.json and results.md."""
+    """Run the 1-SHUI protocol and write results.json, results.md and tow_vs_time.png."""
     from models.benchmark.runner import BenchmarkConfig, run_benchmark
     from models.methods import list_methods
 
@@ -216,13 +216,16 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         seeds=args.seeds,
         methods=methods,
         method_overrides=_overrides(args.set, scoped=True),
+        rmia=not args.no_rmia,
+        rmia_augmentations=args.rmia_augs,
+        rmia_population=args.rmia_population,
     )
     out = Path(args.out)
     start = time.perf_counter()
     run_benchmark(cfg, out, progress=not args.quiet)
     print((out / "results.md").read_text())
     print(
-        f"wrote {out / 'results.json'} and {out / 'results.md'} "
+        f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'tow_vs_time.png'} "
         f"in {time.perf_counter() - start:.0f} s"
     )
 
@@ -268,6 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD.KEY=VALUE",
         help="override a method option",
     )
+    bench.add_argument(
+        "--rmia-augs",
+        type=int,
+        default=2,  # BenchmarkConfig's defaults; the parser must not import torch
+        help="RMIA: augmented views per sample (default 2)",
+    )
+    bench.add_argument(
+        "--rmia-population",
+        type=int,
+        default=500,
+        help="RMIA: at most this many population rows (default 500)",
+    )
+    bench.add_argument("--no-rmia", action="store_true", help="skip RMIA (its columns stay empty)")
     bench.add_argument("--out", required=True, help="output folder")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=cmd_benchmark)

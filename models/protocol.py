@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from models.data.base import FaceData
 from models.data.registry import DatasetSpec
 from models.data.splits import SplitIndices, Splits
-from models.data.transforms import test_transform
-from models.evaluate import SetResult, evaluate_sets
+from models.data.torch_dataset import FaceSubset
+from models.data.transforms import test_transform, train_transform
+from models.evaluate import SetResult, evaluate_sets, predict
 from models.methods.base import Artifacts, UnlearningMethod, UnlearnRequest
 from models.methods.prepare_data import build_prepare_data
 from models.metrics.mia import loss_mia
+from models.metrics.scores import per_sample_loss
 from models.metrics.tow import SetScores, tug_of_war
 from models.nets import create_model, data_config
 from models.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -26,6 +31,7 @@ from models.train.config import TrainConfig
 from models.train.trainer import train_model
 
 Role = Literal["original", "retrain"]
+Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,43 @@ def support_request(
     )
 
 
+def _shuffled_loader(
+    data: FaceData,
+    task: str,
+    rows: Sequence[int],
+    transform: Transform,
+    seed: int,
+    batch_size: int,
+) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    """Rows of `data` in batches, reshuffled each epoch from a generator seeded with `seed`."""
+    return DataLoader(
+        FaceSubset(data, rows, task, transform),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def privileged_request(
+    request: UnlearnRequest,
+    data: FaceData,
+    task: str,
+    indices: SplitIndices,
+    model: nn.Module,
+    image_size: int,
+    seed: int,
+    batch_size: int = 32,
+) -> UnlearnRequest:
+    """`request` plus RETAIN and FORGET loaders (test-transformed), for `support+retain` methods."""
+    # test transform: the reference recipe gives these methods no train augmentation on CelebA.
+    transform = test_transform(data_config(model, image_size))
+    return replace(
+        request,
+        retain=_shuffled_loader(data, task, indices.retain, transform, seed, batch_size),
+        forget=_shuffled_loader(data, task, indices.forget, transform, seed, batch_size),
+    )
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Scores on the protocol's sets and the loss-based membership attack."""
@@ -201,3 +244,86 @@ def prepare_method(
     prepared = build_prepare_data(data, task, indices, transform)
     artifacts = method.prepare(model, prepared, cfg)
     return artifacts, time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class RmiaSets:
+    """RMIA's rows: candidates (FORGET, label 1, then VAL, label 0) and the population Z."""
+
+    candidates: list[int]
+    labels: np.ndarray
+    population: list[int]
+
+    @property
+    def rows(self) -> list[int]:
+        """Every row scored once: candidates and population without repeats, in order."""
+        return list(dict.fromkeys([*self.candidates, *self.population]))
+
+
+def rmia_sets(indices: SplitIndices, max_population: int, seed: int) -> RmiaSets:
+    """FORGET/VAL candidates and Z = (TRAIN minus support) ∪ VAL, subsampled to `max_population`."""
+    pool = list(dict.fromkeys([*indices.train, *indices.val]))
+    if len(pool) > max_population:
+        chosen = np.random.default_rng(seed).choice(len(pool), max_population, replace=False)
+        pool = [pool[k] for k in sorted(chosen)]
+    labels = np.concatenate([np.ones(len(indices.forget)), np.zeros(len(indices.val))])
+    return RmiaSets(
+        candidates=[*indices.forget, *indices.val],
+        labels=labels.astype(np.int64),
+        population=pool,
+    )
+
+
+@torch.no_grad()
+def loss_signal(
+    model: nn.Module,
+    data: FaceData,
+    task: str,
+    rows: Sequence[int],
+    image_size: int,
+    device: torch.device,
+    augmentations: int,
+    seed: int,
+    crop_scale: tuple[float, float] = TrainConfig.crop_scale,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Per-sample task loss on `augmentations` train-augmented views of `rows`, shape (AUG, n).
+
+    The augmentations draw from torch's CPU RNG seeded with `seed`, so two models given the same
+    seed are scored on the same views.
+    """
+    model = model.to(device).eval()
+    kind = data.task(task).kind
+    subset = FaceSubset(
+        data, rows, task, train_transform(data_config(model, image_size), crop_scale)
+    )
+    passes = []
+    # a forked RNG: the same views for every model, and the caller's random stream untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(augmentations):
+            logits, targets = predict(model, subset, device, batch_size)
+            passes.append(per_sample_loss(kind, logits, targets).numpy())
+    return np.stack(passes)
+
+
+def rmia_signals(
+    model: nn.Module,
+    data: FaceData,
+    task: str,
+    sets: RmiaSets,
+    image_size: int,
+    device: torch.device,
+    augmentations: int,
+    seed: int,
+    crop_scale: tuple[float, float] = TrainConfig.crop_scale,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loss signals (AUG, n) of the candidates and of the population, from one pass over both."""
+    rows = sets.rows
+    signal = loss_signal(
+        model, data, task, rows, image_size, device, augmentations, seed, crop_scale
+    )
+    column = {row: k for k, row in enumerate(rows)}
+    candidates = signal[:, [column[r] for r in sets.candidates]]
+    population = signal[:, [column[r] for r in sets.population]]
+    return candidates, population

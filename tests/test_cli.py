@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from models.cli import main
+from models.metrics.mia import RMIA_NAME
 from models.train.checkpoint import load_checkpoint
 
 TINY = ["--synth-identities", "40", "--image-size", "32", "--epochs", "2", "--arch", "test_resnet"]
+TINY_RMIA = ["--rmia-augs", "2", "--rmia-population", "100"]
 
 
 def _json(capsys: pytest.CaptureFixture[str]) -> dict:
@@ -82,6 +84,7 @@ def test_benchmark_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[
             "0,1",
             "--methods",
             "jit",
+            *TINY_RMIA,
             "--out",
             str(out),
             "--quiet",
@@ -89,6 +92,8 @@ def test_benchmark_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["requests"] == [2] and results["config"]["seeds"] == [0, 1]
+    assert results["config"]["mia"]["rmia"] == RMIA_NAME
+    assert results["config"]["mia"]["rmia_augmentations"] == 2
     rows = results["rows"]
     assert [(r["method"], r["seed"]) for r in rows] == [
         ("original", 0),
@@ -109,12 +114,23 @@ def test_benchmark_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[
         "mia_acc",
         "tow",
         "unlearn_seconds",
+        "rmia_auc",
+        "rmia_tpr_at_0.01pct_fpr",
     }
     assert all(keys <= set(row) for row in rows)
     assert all(row["tow"] == 100.0 for row in rows if row["method"] == "retrain")
     assert all(row["unlearn_seconds"] > 0 for row in rows if row["method"] == "jit")
+    for row in rows:
+        if row["method"] == "retrain":
+            assert row["rmia_auc"] is None and row["rmia_tpr_at_0.01pct_fpr"] is None
+        else:
+            assert 0 <= row["rmia_auc"] <= 100 and 0 <= row["rmia_tpr_at_0.01pct_fpr"] <= 100
     table = (out / "results.md").read_text()
-    assert table.count("| jit |") == 2
+    summary = table[table.index("## Summary") : table.index("## Runs")]
+    assert "| method | requests | seeds | retain |" in summary
+    assert summary.count("| jit | 2 | 2 |") == 1 and " ± " in summary
+    assert table.count("| jit |") == 3  # the summary line and one per seed
+    assert (out / "tow_vs_time.png").read_bytes().startswith(b"\x89PNG")
     assert len(results["config"]["runs"][0]["splits_sha256"]) == 64
 
 
@@ -138,18 +154,27 @@ def test_missing_data_root_is_a_clear_error(
 
 def test_benchmark_runs_the_multiclass_age_task(tmp_path: Path) -> None:
     out = tmp_path / "age"
-    argv = ["benchmark", *TINY, "--task", "age", "--requests", "2", "--out", str(out), "--quiet"]
+    argv = ["benchmark", *TINY, "--task", "age", "--requests", "2", "--no-rmia", "--out", str(out)]
+    argv.append("--quiet")
     main(argv)
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["task"] == "age"
     assert [r["method"] for r in results["rows"]] == ["original", "retrain", "jit"]
     assert all(0 <= r["test"] <= 100 for r in results["rows"])
+    assert results["config"]["mia"]["rmia"] is None
+    assert all(r["rmia_auc"] is None for r in results["rows"])
 
 
 def test_benchmark_prepares_and_runs_every_method(tmp_path: Path) -> None:
     out = tmp_path / "all"
-    main(["benchmark", *TINY, "--requests", "2", "--methods", "all", "--out", str(out), "--quiet"])
-    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    argv = ["benchmark", *TINY, "--requests", "2", "--methods", "all", *TINY_RMIA, "--quiet"]
+    # each method also runs on the retrained reference for RMIA: shorten the slowest two
+    quick = ["--set", "metaunlearn.meta_epochs=1", "--set", "pgu.epochs=1"]
+    main([*argv, *quick, "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["method"]: r for r in results["rows"]}
+    assert set(results["config"]["method_needs"]) == set(rows) - {"original", "retrain"}
+    assert all(rows[m]["rmia_auc"] is not None for m in results["config"]["method_needs"])
     assert {"jit", "metaunlearn", "neggrad", "pgu", "ssd"} <= set(rows)
     for name in ("metaunlearn", "pgu", "ssd"):  # prepared at "onboarding" before erasure
         assert rows[name]["prepare_seconds"] > 0

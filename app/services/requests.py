@@ -38,10 +38,12 @@ log = logging.getLogger(__name__)
 # The worker owns the implementations (models.methods); the API must not import torch to ask it,
 # so it keeps this static table. tests/test_api.py checks it against the registry.
 METHOD_NEEDS: dict[str, str] = {
+    "bad_teacher": "support+retain",
     "jit": "support",
     "metaunlearn": "support",
     "neggrad": "support",
     "pgu": "support",
+    "scrub": "support+retain",
     "ssd": "support",
 }
 KNOWN_METHODS = tuple(METHOD_NEEDS)

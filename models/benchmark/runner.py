@@ -11,35 +11,57 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from models import __version__
+from models.benchmark.plot import plot_tow_vs_time
 from models.benchmark.report import write_markdown
+from models.data.base import FaceData
 from models.data.registry import load_dataset
-from models.data.splits import make_splits, split_indices
+from models.data.splits import SplitIndices, make_splits, split_indices
 from models.device import default_device
-from models.methods import get_method, resolve_config
+from models.methods import UnlearningMethod, UnlearnRequest, get_method, resolve_config
+from models.methods.base import Artifacts
+from models.metrics.mia import LOSS_MIA_NAME, RMIA_MAX_FPR, RMIA_NAME, rmia
 from models.protocol import (
     Evaluation,
     ModelSetup,
+    RmiaSets,
     evaluate_protocol,
     finite_or_none,
     prepare_method,
+    privileged_request,
+    rmia_sets,
+    rmia_signals,
     support_request,
     train_reference,
 )
 
+RMIA_COLUMNS = ("rmia_auc", "rmia_tpr_at_0.01pct_fpr")
+Signals = tuple[np.ndarray, np.ndarray]
+
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    """One benchmark run: the model setup, the request sizes, seeds and methods."""
+    """One benchmark run: the model setup, the request sizes, seeds, methods and RMIA settings."""
 
     setup: ModelSetup
     requests: Sequence[int] = (5,)
     seeds: Sequence[int] = (0,)
     methods: Sequence[str] = ("jit",)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rmia: bool = True
+    # Reference: 8 views and the whole population. Two views and 500 rows keep the 3-seed
+    # synthfaces run within an hour on two CPU cores; VAL and FORGET are always all candidates.
+    rmia_augmentations: int = 2
+    rmia_population: int = 500
+
+    def __post_init__(self) -> None:
+        if self.rmia_augmentations < 1 or self.rmia_population < 1:
+            raise ValueError("RMIA needs at least one augmentation and one population row")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain form for results.json."""
@@ -49,7 +71,83 @@ class BenchmarkConfig:
             "seeds": list(self.seeds),
             "methods": list(self.methods),
             "method_overrides": self.method_overrides,
+            "mia": {
+                "loss": LOSS_MIA_NAME,
+                "rmia": RMIA_NAME if self.rmia else None,
+                "rmia_augmentations": self.rmia_augmentations,
+                "rmia_population": self.rmia_population,
+                "rmia_max_fpr": RMIA_MAX_FPR,
+            },
         }
+
+
+@dataclass
+class _Pass:
+    """What one (request size, seed) pass shares across its methods."""
+
+    cfg: BenchmarkConfig
+    data: FaceData
+    indices: SplitIndices
+    device: torch.device
+    requests: int
+    seed: int
+    request: UnlearnRequest
+    rmia_sets: RmiaSets | None
+    rmia_seed: int
+
+    @property
+    def setup(self) -> ModelSetup:
+        """The model setup of the benchmark."""
+        return self.cfg.setup
+
+    def evaluate(self, model: nn.Module) -> Evaluation:
+        """The protocol's scores and loss MIA for `model`."""
+        setup = self.setup
+        return evaluate_protocol(
+            model, self.data, setup.task, self.indices, setup.image_size, self.device
+        )
+
+    def request_for(self, method: UnlearningMethod, model: nn.Module) -> UnlearnRequest:
+        """The support request, with RETAIN and FORGET loaders for privileged methods."""
+        if method.needs != "support+retain":
+            return self.request
+        setup = self.setup
+        return privileged_request(
+            self.request, self.data, setup.task, self.indices, model, setup.image_size, self.seed
+        )
+
+    def signals(self, model: nn.Module) -> Signals | None:
+        """RMIA loss signals of `model` on the candidates and population (None without RMIA)."""
+        if self.rmia_sets is None:
+            return None
+        setup = self.setup
+        return rmia_signals(
+            model,
+            self.data,
+            setup.task,
+            self.rmia_sets,
+            setup.image_size,
+            self.device,
+            self.cfg.rmia_augmentations,
+            self.rmia_seed,
+            setup.train.crop_scale,
+        )
+
+
+def _rmia_columns(
+    target: Signals | None, reference: Signals | None, labels: np.ndarray | None
+) -> dict[str, float | None]:
+    """RMIA AUC and TPR at 0.01% FPR of a target against its reference; None without RMIA."""
+    if target is None or reference is None or labels is None:
+        return dict.fromkeys(RMIA_COLUMNS)
+    # a diverged target or reference has no meaningful likelihood ratio: report no score
+    if not all(np.isfinite(signal).all() for signal in (*target, *reference)):
+        return dict.fromkeys(RMIA_COLUMNS)
+    result = rmia(target[0], reference[0], target[1], reference[1], labels)
+    return {
+        "rmia_auc": finite_or_none(result.auc),
+        "rmia_tpr_at_0.01pct_fpr": finite_or_none(result.tpr_at_0_01pct_fpr),
+    }
 
 
 def _row(
@@ -69,83 +167,151 @@ def _row(
     }
 
 
+def _unlearn(
+    run: _Pass,
+    method: UnlearningMethod,
+    method_cfg: Any,
+    start_model: nn.Module,
+    artifacts: Artifacts,
+) -> tuple[nn.Module, float]:
+    """Run `method` on a copy of `start_model`; the unlearned model and the seconds it took."""
+    request = run.request_for(method, start_model)
+    model = copy.deepcopy(start_model).to(run.device)
+    start = time.perf_counter()
+    model = method.unlearn(model, request, artifacts, method_cfg)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    return model, time.perf_counter() - start
+
+
+def _reference_signals(
+    run: _Pass, method: UnlearningMethod, method_cfg: Any, retrain: nn.Module
+) -> Signals | None:
+    """RMIA signals of the method's reference: the retrained model run through the method."""
+    if run.rmia_sets is None:
+        return None
+    setup = run.setup
+    artifacts, _ = prepare_method(
+        method, method_cfg, retrain, run.data, setup.task, run.indices, setup.image_size
+    )
+    reference, _ = _unlearn(run, method, method_cfg, retrain, artifacts)
+    return run.signals(reference)
+
+
+def _method_row(
+    run: _Pass, name: str, models: dict[str, nn.Module], reference: Evaluation
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Prepare and run one method on the original model; its row and resolved config."""
+    setup = run.setup
+    method = get_method(name)
+    method_cfg = resolve_config(
+        name,
+        setup.dataset.name,
+        setup.arch,
+        run.requests,
+        **run.cfg.method_overrides.get(name, {}),
+    )
+    artifacts, prepare_seconds = prepare_method(
+        method, method_cfg, models["original"], run.data, setup.task, run.indices, setup.image_size
+    )
+    model, seconds = _unlearn(run, method, method_cfg, models["original"], artifacts)
+    del artifacts
+    ev = run.evaluate(model)
+    target = run.signals(model)
+    del model
+    ref_signals = _reference_signals(run, method, method_cfg, models["retrain"])
+    labels = run.rmia_sets.labels if run.rmia_sets is not None else None
+    row = {
+        **_row(name, run.seed, run.requests, ev, reference, seconds),
+        **_rmia_columns(target, ref_signals, labels),
+        "prepare_seconds": prepare_seconds,
+    }
+    return row, asdict(method_cfg)
+
+
+def _rmia_seed(requests: int, seed: int) -> int:
+    """One augmentation and population seed per (request size, seed)."""
+    return int(np.random.SeedSequence([seed, requests]).generate_state(1)[0])
+
+
+def _run_pass(
+    cfg: BenchmarkConfig,
+    data: FaceData,
+    requests: int,
+    seed: int,
+    device: torch.device,
+    out: Path,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train both references, then evaluate them and every method; the rows and the run record."""
+    setup = cfg.setup
+    splits = make_splits(data.identities, data.keys, requests, seed)
+    indices = split_indices(data, splits)
+    seeded = replace(setup, train=replace(setup.train, seed=seed))
+    trained = {}
+    for role in ("original", "retrain"):
+        path = out / "checkpoints" / f"{role}_{requests}_{seed}.pth"
+        trained[role] = train_reference(seeded, data, splits, indices, role, device, path, progress)
+    models = {role: model for role, (model, _, _) in trained.items()}
+    rmia_seed = _rmia_seed(requests, seed)
+    run = _Pass(
+        cfg=cfg,
+        data=data,
+        indices=indices,
+        device=device,
+        requests=requests,
+        seed=seed,
+        request=support_request(data, setup.task, indices, models["original"], setup.image_size),
+        rmia_sets=rmia_sets(indices, cfg.rmia_population, rmia_seed) if cfg.rmia else None,
+        rmia_seed=rmia_seed,
+    )
+    evals = {role: run.evaluate(model) for role, model in models.items()}
+    reference = evals["retrain"]
+    labels = run.rmia_sets.labels if run.rmia_sets is not None else None
+    retrain_signals = run.signals(models["retrain"])
+    rows = [
+        {
+            **_row("original", seed, requests, evals["original"], reference, None),
+            **_rmia_columns(run.signals(models["original"]), retrain_signals, labels),
+        },
+        {
+            **_row("retrain", seed, requests, reference, reference, trained["retrain"][2] or None),
+            **dict.fromkeys(RMIA_COLUMNS),
+        },
+    ]
+    method_configs = {}
+    for name in tqdm(
+        cfg.methods, desc=f"methods N={requests} seed={seed}", disable=not progress, leave=False
+    ):
+        row, method_configs[name] = _method_row(run, name, models, reference)
+        rows.append(row)
+    record = {
+        "requests": requests,
+        "seed": seed,
+        "splits_sha256": splits.sha256(),
+        "checkpoints": {role: ckpt.sha256 for role, (_, ckpt, _) in trained.items()},
+        "method_configs": method_configs,
+    }
+    return rows, record
+
+
 def run_benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Run the protocol and write `out/results.json` and `out/results.md`; return the results."""
-    for method in cfg.methods:
-        get_method(method)  # fail before any training on an unknown name
+    """Run the protocol; write results.json, results.md and tow_vs_time.png to `out`."""
+    methods = {name: get_method(name) for name in cfg.methods}  # fail before any training
     out.mkdir(parents=True, exist_ok=True)
     device = default_device()
-    setup = cfg.setup
-    data = load_dataset(setup.dataset)
+    data = load_dataset(cfg.setup.dataset)
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     for requests in cfg.requests:
         for seed in cfg.seeds:
-            splits = make_splits(data.identities, data.keys, requests, seed)
-            indices = split_indices(data, splits)
-            seeded = replace(setup, train=replace(setup.train, seed=seed))
-            models = {}
-            for role in ("original", "retrain"):
-                path = out / "checkpoints" / f"{role}_{requests}_{seed}.pth"
-                model, checkpoint, seconds = train_reference(
-                    seeded, data, splits, indices, role, device, path, progress
-                )
-                models[role] = (model, checkpoint, seconds)
-            evals = {
-                role: evaluate_protocol(m, data, setup.task, indices, setup.image_size, device)
-                for role, (m, _, _) in models.items()
-            }
-            reference = evals["retrain"]
-            rows.append(_row("original", seed, requests, evals["original"], reference, None))
-            rows.append(
-                _row("retrain", seed, requests, reference, reference, models["retrain"][2] or None)
-            )
-            original = models["original"][0]
-            request = support_request(data, setup.task, indices, original, setup.image_size)
-            method_configs = {}
-            for name in tqdm(
-                cfg.methods,
-                desc=f"methods N={requests} seed={seed}",
-                disable=not progress,
-                leave=False,
-            ):
-                method = get_method(name)
-                method_cfg = resolve_config(
-                    name,
-                    setup.dataset.name,
-                    setup.arch,
-                    requests,
-                    **cfg.method_overrides.get(name, {}),
-                )
-                method_configs[name] = asdict(method_cfg)
-                artifacts, prepare_seconds = prepare_method(
-                    method, method_cfg, original, data, setup.task, indices, setup.image_size
-                )
-                model = copy.deepcopy(original).to(device)
-                start = time.perf_counter()
-                model = method.unlearn(model, request, artifacts, method_cfg)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                seconds = time.perf_counter() - start
-                ev = evaluate_protocol(model, data, setup.task, indices, setup.image_size, device)
-                rows.append(
-                    {
-                        **_row(name, seed, requests, ev, reference, seconds),
-                        "prepare_seconds": prepare_seconds,
-                    }
-                )
-            runs.append(
-                {
-                    "requests": requests,
-                    "seed": seed,
-                    "splits_sha256": splits.sha256(),
-                    "checkpoints": {role: ckpt.sha256 for role, (_, ckpt, _) in models.items()},
-                    "method_configs": method_configs,
-                }
-            )
+            pass_rows, record = _run_pass(cfg, data, requests, seed, device, out, progress)
+            rows += pass_rows
+            runs.append(record)
     results = {
         "config": {
             **cfg.to_dict(),
+            "method_needs": {name: method.needs for name, method in methods.items()},
             "code_version": __version__,
             "device": str(device),
             "torch": torch.__version__,
@@ -156,4 +322,5 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True) -> dic
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, out / "results.md")
+    plot_tow_vs_time(results, out / "tow_vs_time.png")
     return results

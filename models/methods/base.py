@@ -21,8 +21,9 @@ class UnlearnRequest:
     """What a method may use at erasure time.
 
     `images` are the support portraits after the model's test transform, `identities` their
-    identity IDs. `retain` is only given to privileged methods (`needs="support+retain"`), which
-    run in benchmarks, never on a production request.
+    identity IDs. `retain` (all RETAIN images) and `forget` (all images of the requested
+    identities but their support images) are only given to privileged methods
+    (`needs="support+retain"`), which run in benchmarks, never on a production request.
     """
 
     images: torch.Tensor
@@ -30,6 +31,7 @@ class UnlearnRequest:
     task: TaskSpec
     targets: torch.Tensor | None = None
     retain: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None
+    forget: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass

@@ -37,6 +37,7 @@ from models.nets import features_and_logits
 
 TargetMode = Literal["pseudo", "given", "none"]
 Distance = Literal["smooth_l1", "l1", "l2"]
+LossType = Literal["full", "rev"]
 Batch = tuple[torch.Tensor, torch.Tensor]
 Params = dict[str, torch.Tensor]
 
@@ -57,6 +58,9 @@ class MetaUnlearnConfig:
     hidden: int = 512
     dropout: float = 0.5
     distance: Distance = "smooth_l1"
+    # "full": the reference objective; "rev": ℓ_v^unl keeps its gradient and a third term
+    # D(ℓ_v^unl, ℓ_v^orig) keeps VAL behaviour unchanged by the step (notes §3.4).
+    loss_type: LossType = "full"
     use_accs: bool = True  # weight task losses by (1 − batch score)
     targets: TargetMode = "pseudo"
     use_feats: bool = True
@@ -296,7 +300,7 @@ class RequestLosses:
 
     forget: list[torch.Tensor]
     val_before: list[torch.Tensor]  # constants: under θ
-    val_after: list[torch.Tensor]  # constants (stop-gradient): under θ_u
+    val_after: list[torch.Tensor]  # under θ_u: constants (stop-gradient) unless loss_type "rev"
     sizes: list[int]
 
 
@@ -321,22 +325,33 @@ def request_losses(
                 losses.val_before.append(
                     weighted_task_loss(task, before(x_v)[1], y_v, cfg.use_accs)
                 )
-                losses.val_after.append(
-                    weighted_task_loss(task, frozen_after(x_v)[1], y_v, cfg.use_accs)
-                )
+            if cfg.loss_type == "rev":
+                losses.val_after.append(weighted_task_loss(task, after(x_v)[1], y_v, cfg.use_accs))
+            else:
+                with torch.no_grad():
+                    losses.val_after.append(
+                        weighted_task_loss(task, frozen_after(x_v)[1], y_v, cfg.use_accs)
+                    )
             losses.sizes.append(len(x_f))
     return losses
 
 
-def alignment(losses: RequestLosses, kind: Distance) -> torch.Tensor:
-    """A = Σ|b|·(D(ℓ_f, ℓ_v^orig) + D(ℓ_f, ℓ_v^unl)) / Σ|b| over the forget batches."""
+def alignment(losses: RequestLosses, kind: Distance, loss_type: LossType = "full") -> torch.Tensor:
+    """A = Σ|b|·(D(ℓ_f, ℓ_v^orig) + D(ℓ_f, ℓ_v^unl) [+ D(ℓ_v^unl, ℓ_v^orig)]) / Σ|b|."""
     assert losses.sizes, "a simulated request needs at least one forget batch"
-    terms = [
-        size * (distance(forget, before, kind) + distance(forget, after, kind))
-        for forget, before, after, size in zip(
-            losses.forget, losses.val_before, losses.val_after, losses.sizes, strict=True
-        )
-    ]
+    terms = []
+    for forget, before, after, size in zip(
+        losses.forget, losses.val_before, losses.val_after, losses.sizes, strict=True
+    ):
+        if loss_type == "rev":
+            term = (
+                distance(forget, before, kind)
+                + distance(forget, after, kind)
+                + distance(after, before, kind)
+            )
+        else:
+            term = distance(forget, before, kind) + distance(forget, after, kind)
+        terms.append(size * term)
     return torch.stack(terms).sum() / sum(losses.sizes)
 
 
@@ -348,7 +363,7 @@ def outer_objective(
     cfg: MetaUnlearnConfig,
 ) -> torch.Tensor:
     """A(φ): forget losses after the inner step, pulled to VAL losses before and after it."""
-    return alignment(request_losses(model, meta, task, request, cfg), cfg.distance)
+    return alignment(request_losses(model, meta, task, request, cfg), cfg.distance, cfg.loss_type)
 
 
 def _batches(

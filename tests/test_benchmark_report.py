@@ -1,0 +1,144 @@
+"""Benchmark outputs: mean ± std summary, ToW-vs-time plot, RMIA signals, privileged data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from models.benchmark.plot import plot_tow_vs_time
+from models.benchmark.report import summarize, summary_table, write_markdown
+from models.data.base import FaceData
+from models.data.splits import SplitIndices, make_splits, split_indices
+from models.nets import create_model
+from models.protocol import loss_signal, privileged_request, rmia_sets, support_request
+
+METRICS = ("retain", "forget", "test", "mia_auc", "rmia_auc", "rmia_tpr_at_0.01pct_fpr", "tow")
+
+
+def _rows(seeds: int = 3) -> list[dict[str, Any]]:
+    """Hand-made rows: original, retrain and two methods over two sizes and `seeds` seeds."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for requests in (2, 5):
+        for seed in range(seeds):
+            for method in ("original", "retrain", "jit", "scrub"):
+                row: dict[str, Any] = {"method": method, "requests": requests, "seed": seed}
+                row.update({key: float(rng.uniform(0, 100)) for key in METRICS})
+                row["unlearn_seconds"] = None if method == "original" else float(rng.uniform(1, 9))
+                row["prepare_seconds"] = 0.5 + seed if method == "scrub" else None
+                if method == "retrain":
+                    row["rmia_auc"] = row["rmia_tpr_at_0.01pct_fpr"] = None
+                rows.append(row)
+    return rows
+
+
+def _results(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    config = {
+        "dataset": {"name": "synthfaces"},
+        "task": "attributes",
+        "arch": "test_resnet",
+        "image_size": 32,
+        "requests": [2, 5],
+        "seeds": [0, 1, 2],
+        "device": "cpu",
+        "method_needs": {"jit": "support", "scrub": "support+retain"},
+        "mia": {"rmia": "rmia-1ref@1", "rmia_augmentations": 2, "rmia_population": 100},
+    }
+    return {"config": config, "rows": rows}
+
+
+def test_summary_is_mean_and_sample_std_over_seeds() -> None:
+    rows = _rows()
+    summary = summarize(rows)
+    assert [(e["method"], e["requests"]) for e in summary][:4] == [
+        ("original", 2),
+        ("retrain", 2),
+        ("jit", 2),
+        ("scrub", 2),
+    ]
+    for entry in summary:
+        group = [
+            r for r in rows if (r["method"], r["requests"]) == (entry["method"], entry["requests"])
+        ]
+        assert entry["seeds"] == 3
+        for key in (*METRICS, "unlearn_seconds", "prepare_seconds"):
+            values = [r[key] for r in group if r[key] is not None]
+            if not values:
+                assert entry[key] is None
+                continue
+            assert entry[key].mean == pytest.approx(np.mean(values))
+            assert entry[key].std == pytest.approx(np.std(values, ddof=1))
+    jit = next(e for e in summary if (e["method"], e["requests"]) == ("jit", 5))
+    assert f"{jit['tow'].mean:.2f} ± {jit['tow'].std:.2f}" in summary_table(rows)
+
+
+def test_a_single_seed_shows_just_the_mean(tmp_path: Path) -> None:
+    rows = _rows(seeds=1)
+    table = summary_table(rows)
+    assert "±" not in table
+    assert f"| jit | 2 | 1 | {rows[2]['retain']:.2f} |" in table
+    write_markdown(_results(rows), tmp_path / "results.md")
+    text = (tmp_path / "results.md").read_text()
+    assert "synthfaces" in text and "retrained reference" in text
+    assert text.index("## Summary") < text.index("## Runs")
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    rows = _rows()
+    rows[2]["unlearn_seconds"] = None  # one seed of jit without a time
+    path = tmp_path / "tow_vs_time.png"
+    plot_tow_vs_time(_results(rows), path)
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+
+
+def _indices(faces: FaceData, requests: int = 3, seed: int = 0) -> SplitIndices:
+    return split_indices(faces, make_splits(faces.identities, faces.keys, requests, seed))
+
+
+def _model(faces: FaceData, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model("test_resnet", faces.task("attributes").num_outputs, 32).eval()
+
+
+def test_loss_signal_repeats_for_the_same_seed_and_model(small_faces: FaceData) -> None:
+    rows = _indices(small_faces).forget[:7]
+    model, other = _model(small_faces, 0), _model(small_faces, 1)
+    args = (small_faces, "attributes", rows, 32, torch.device("cpu"))
+    first = loss_signal(model, *args, augmentations=3, seed=5)
+    assert first.shape == (3, len(rows))
+    assert np.array_equal(first, loss_signal(model, *args, augmentations=3, seed=5))
+    assert not np.array_equal(first, loss_signal(other, *args, augmentations=3, seed=5))
+    assert not np.array_equal(first[0], first[1])  # each pass is a new augmented view
+
+
+def test_rmia_sets_label_forget_and_cap_the_population(small_faces: FaceData) -> None:
+    indices = _indices(small_faces)
+    sets = rmia_sets(indices, max_population=50, seed=1)
+    assert sets.candidates == [*indices.forget, *indices.val]
+    assert sets.labels.tolist() == [1] * len(indices.forget) + [0] * len(indices.val)
+    assert len(sets.population) == 50
+    assert set(sets.population) <= set(indices.train) | set(indices.val)
+    assert sets.population == rmia_sets(indices, max_population=50, seed=1).population
+
+
+def test_privileged_request_loads_exactly_retain_and_forget(small_faces: FaceData) -> None:
+    indices = _indices(small_faces)
+    model = _model(small_faces, 0)
+    request = support_request(small_faces, "attributes", indices, model, 32)
+    full = privileged_request(request, small_faces, "attributes", indices, model, 32, seed=3)
+    assert full.images is request.images and request.retain is None
+    again = privileged_request(request, small_faces, "attributes", indices, model, 32, seed=3)
+    assert full.retain is not None and again.retain is not None
+    assert torch.equal(next(iter(full.retain))[0], next(iter(again.retain))[0])  # seeded shuffle
+    targets = torch.from_numpy(small_faces.targets["attributes"])
+    for loader, rows in ((full.retain, indices.retain), (full.forget, indices.forget)):
+        assert loader is not None and loader.batch_size == 32
+        assert sorted(loader.dataset.indices) == sorted(rows)  # type: ignore[attr-defined]
+        seen = torch.cat([batch_targets for _, batch_targets in loader])
+        assert seen.shape[0] == len(rows)
+        assert torch.equal(seen.sum(dim=0), targets[rows].sum(dim=0))
