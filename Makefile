@@ -23,9 +23,9 @@ install: $(STAMP)
 run: install
 	$(BIN)/lethe demo
 
-# The 1-SHUI benchmark on synthfaces with JiT (the table in the README).
+# The 1-SHUI benchmark on synthfaces, every method, 3 seeds (docs/benchmark/attributes, ~35 min).
 benchmark: install
-	$(BIN)/lethe benchmark --dataset synthfaces --task attributes --requests 5 --seeds 0 --methods jit --out runs/benchmark
+	$(BIN)/lethe benchmark --dataset synthfaces --task attributes --requests 5,10 --seeds 0,1,2 --methods all --out runs/benchmark
 
 # Debian's docker-compose validates docker-compose.yml without a Docker engine (tests/test_compose.py).
 compose-tool:

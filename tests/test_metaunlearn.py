@@ -121,6 +121,35 @@ def test_meta_training_lowers_the_outer_objective() -> None:
     assert after < 0.5 * before
 
 
+def test_rev_objective_adds_the_val_term_and_its_gradient() -> None:
+    cfg = dataclasses.replace(SMALL, use_accs=False)
+    model, meta = _setup("test_resnet", MULTILABEL, cfg)
+    meta.eval()
+    request = _request(MULTILABEL)
+    rev = dataclasses.replace(cfg, loss_type="rev")
+    full_losses = request_losses(model, meta, MULTILABEL, request, cfg)
+    rev_losses = request_losses(model, meta, MULTILABEL, request, rev)
+    assert all(not v.requires_grad for v in full_losses.val_after)
+    assert all(v.requires_grad for v in rev_losses.val_after)  # ℓ_v^unl keeps its gradient
+    extra = sum(
+        size * F.smooth_l1_loss(after, before).item()
+        for after, before, size in zip(
+            rev_losses.val_after, rev_losses.val_before, rev_losses.sizes, strict=True
+        )
+    ) / sum(rev_losses.sizes)
+    full = alignment(full_losses, "smooth_l1").item()
+    assert alignment(rev_losses, "smooth_l1", "rev").item() == pytest.approx(full + extra)
+    # the gradient differs from the full objective's: φ also sees the VAL term
+    grads = []
+    for config in (cfg, rev):
+        meta.zero_grad(set_to_none=True)
+        outer_objective(model, meta, MULTILABEL, request, config).backward(
+            inputs=list(meta.parameters())
+        )
+        grads.append(meta.net[0].weight.grad.clone())  # type: ignore[union-attr]
+    assert not torch.allclose(grads[0], grads[1])
+
+
 def _manual_step(
     model: torch.nn.Module,
     meta: MetaLoss,
