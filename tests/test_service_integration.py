@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from app.cli import keys_create
 from app.db import session_scope
+from app.settings import Settings
 from app.storage import artifact_store
 from app.tables import DeletionRequest, ModelVersion
 from models.cli import main as ml_main
@@ -50,11 +51,10 @@ def _portraits(checkpoint: Path, count: int) -> list[tuple[str, bytes]]:
     return result
 
 
-def _post(client: httpx.Client, identity: str, png: bytes) -> str:
+def _post(client: httpx.Client, identity: str, png: bytes, method: str | None = None) -> str:
+    form = {"identity_id": identity, "model": MODEL} | ({"method": method} if method else {})
     response = client.post(
-        "/deletion-requests",
-        data={"identity_id": identity, "model": MODEL},
-        files={"portrait": ("p.png", png, "image/png")},
+        "/deletion-requests", data=form, files={"portrait": ("p.png", png, "image/png")}
     )
     assert response.status_code == 202, response.text
     assert response.headers["location"].endswith(response.json()["id"])
@@ -74,6 +74,37 @@ def _register(client: httpx.Client, checkpoint: Path) -> dict:
     return version
 
 
+def _erase_and_check(
+    client: httpx.Client,
+    settings: Settings,
+    serving: dict,
+    identity: str,
+    png: bytes,
+    method: str | None = None,
+) -> dict:
+    """Request an erasure and check it completed from `serving`, audited, portrait destroyed."""
+    request_id = _post(client, identity, png, method)
+    body = wait_for_request(client, request_id, 180)
+
+    assert body["status"] == "completed", body
+    statuses = [e["to_status"] for e in body["events"]]
+    assert statuses == ["received", "queued", "running", "completed"]
+    assert body["audit"]["before"] and body["audit"]["after"] and body["audit"]["delta"]
+    versions = _versions(client)
+    new = versions[body["result_version"]["version"]]
+    assert new["parent_version"] == serving["version"]
+    assert "serving" in new["aliases"] and "serving" not in versions[serving["version"]]["aliases"]
+
+    with session_scope(settings) as session:
+        row = session.get(DeletionRequest, request_id)
+        assert row.portrait_uri is None
+        assert identity not in str(vars(row))
+    vault = settings.resolved_artifact_dir / "portraits"
+    assert not any(vault.iterdir())  # the portrait is destroyed; only its hash remains
+    assert len(row.portrait_sha256) == 64
+    return body
+
+
 def test_erasure_over_http_with_a_real_worker(service_settings, tiny_checkpoint: Path) -> None:
     settings = service_settings.model_copy(update={"guardrail_max_score_drop": 100.0})
     (identity, png), *others = _portraits(tiny_checkpoint, 3)
@@ -83,28 +114,7 @@ def test_erasure_over_http_with_a_real_worker(service_settings, tiny_checkpoint:
             base_url=services.base_url, headers={"X-API-Key": key}, timeout=30
         ) as client:
             first = _register(client, tiny_checkpoint)
-            request_id = _post(client, identity, png)
-            body = wait_for_request(client, request_id, 180)
-
-            assert body["status"] == "completed", body
-            statuses = [e["to_status"] for e in body["events"]]
-            assert statuses == ["received", "queued", "running", "completed"]
-            assert body["audit"]["before"] and body["audit"]["after"] and body["audit"]["delta"]
-            versions = _versions(client)
-            new = versions[body["result_version"]["version"]]
-            assert new["parent_version"] == first["version"]
-            assert (
-                "serving" in new["aliases"]
-                and "serving" not in versions[first["version"]]["aliases"]
-            )
-
-            with session_scope(settings) as session:
-                row = session.get(DeletionRequest, request_id)
-                assert row.portrait_uri is None
-                assert identity not in str(vars(row))
-            vault = settings.resolved_artifact_dir / "portraits"
-            assert not any(vault.iterdir())  # the portrait is destroyed; only its hash remains
-            assert len(row.portrait_sha256) == 64
+            _erase_and_check(client, settings, first, identity, png)
 
             # Two requests at once: each version still has its own parent (a linear chain).
             ids: list[str] = []
@@ -120,6 +130,34 @@ def test_erasure_over_http_with_a_real_worker(service_settings, tiny_checkpoint:
             assert [f["status"] for f in finals] == ["completed", "completed"]
             parents = [v["parent_version"] for v in _versions(client).values()]
             assert len(parents) == len(set(parents)) == 4
+
+
+def test_metaunlearn_erasure_with_prepared_artifacts(
+    service_settings: Settings, tiny_checkpoint: Path
+) -> None:
+    settings = service_settings.model_copy(
+        update={
+            "guardrail_max_score_drop": 100.0,
+            "prepare_methods": ["metaunlearn"],
+            # Two simulated requests keep meta-training at onboarding to seconds; the erasure
+            # step is the same one gradient step whatever h_phi learned.
+            "method_options": {"metaunlearn": {"meta_epochs": 1, "max_requests_per_epoch": 2}},
+        }
+    )
+    (identity, png), *_ = _portraits(tiny_checkpoint, 1)
+    with running_services(settings) as services:
+        key = keys_create("it", ["requests:create", "requests:read", "models:admin"], settings)
+        with httpx.Client(
+            base_url=services.base_url, headers={"X-API-Key": key}, timeout=30
+        ) as client:
+            first = _register(client, tiny_checkpoint)
+            body = _erase_and_check(client, settings, first, identity, png, "metaunlearn")
+
+            assert body["method"] == "metaunlearn"
+            assert body["audit"]["run"]["method"] == "metaunlearn"
+            assert body["audit"]["run"]["config"]["max_requests_per_epoch"] == 2
+            new = _versions(client)[body["result_version"]["version"]]
+            assert new["method"] == "metaunlearn"
 
 
 def test_worker_killed_mid_job_is_recovered(service_settings, tiny_checkpoint: Path) -> None:
