@@ -221,6 +221,6 @@ def test_pinned_configs() -> None:
     assert resolve_config("scrub", "celeba", "vit_base_patch16_224", 200).max_epochs == 7
     assert resolve_config("scrub", "celebahq", "vit_base_patch16_224", 500).lr == 5e-4
     bad = resolve_config("bad_teacher", "synthfaces", "test_resnet", 5)
-    assert (bad.epochs, bad.lr) == (1, 1e-3)
+    assert (bad.epochs, bad.lr) == (1, 1e-2)
     assert resolve_config("bad_teacher", "celebahq", "vit_base_patch16_224", 500).lr == 1e-5
     assert resolve_config("bad_teacher", "mufac", "vit_base_patch16_224", 10).lr == 1e-3
