@@ -29,7 +29,6 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset
 
 from models.data.base import TaskKind
 from models.methods.base import Artifacts, UnlearningMethod, UnlearnRequest
-from models.methods.pgu import cosine_lr
 from models.methods.registry import register_method
 from models.methods.scrub import (
     Distill,
@@ -38,8 +37,7 @@ from models.methods.scrub import (
     frozen_copy,
     require_data,
     seeded,
-    set_lr,
-    sgd,
+    train_epochs,
 )
 
 FlaggedBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -179,13 +177,11 @@ class BadTeacher(UnlearningMethod):
         forget, retain = require_data(request, self.name)
         batches = union_loader(forget, retain, cfg)
         teachers = (frozen_copy(model), incompetent_teacher(model, cfg.seed))
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = sgd(params, cfg.lr, cfg.momentum, cfg.weight_decay)
-        with seeded(cfg.seed, params[0].device):
-            model.train()
-            for epoch in range(cfg.epochs):
-                set_lr(opt, cosine_lr(cfg.lr, epoch, cfg.epochs))
-                distill_epoch(model, teachers, batches, request.task.kind, opt, cfg)
-        opt.zero_grad(set_to_none=True)
-        model.eval()
-        return model
+        kind = request.task.kind
+
+        def run_epoch(epoch: int, opt: torch.optim.SGD) -> None:
+            distill_epoch(model, teachers, batches, kind, opt, cfg)
+
+        return train_epochs(
+            model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs, cfg.seed, run_epoch
+        )

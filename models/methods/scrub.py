@@ -19,7 +19,7 @@ Bernoulli distributions on multi-label tasks instead. On multi-class tasks both 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
@@ -93,6 +93,27 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every parameter group's learning rate."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def train_epochs(
+    model: nn.Module,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    epochs: int,
+    seed: int,
+    run_epoch: Callable[[int, torch.optim.SGD], None],
+) -> nn.Module:
+    """Seeded SGD epochs in train mode with a cosine learning rate; the model ends in eval mode."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = sgd(params, lr, momentum, weight_decay)
+    with seeded(seed, params[0].device):
+        model.train()
+        for epoch in range(epochs):
+            set_lr(opt, cosine_lr(lr, epoch, epochs))
+            run_epoch(epoch, opt)
+    opt.zero_grad(set_to_none=True)
+    return model.eval()
 
 
 def distill_kl(
@@ -177,16 +198,13 @@ class SCRUB(UnlearningMethod):
         """Train the model in place: max-steps on forget for `max_epochs`, min-steps every epoch."""
         forget, retain = require_data(request, self.name)
         teacher = frozen_copy(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = sgd(params, cfg.lr, cfg.momentum, cfg.weight_decay)
         kind = request.task.kind
-        with seeded(cfg.seed, params[0].device):
-            model.train()
-            for epoch in range(cfg.epochs):
-                set_lr(opt, cosine_lr(cfg.lr, epoch, cfg.epochs))
-                if epoch < cfg.max_epochs:
-                    max_step(model, teacher, forget, kind, opt, cfg)
-                min_step(model, teacher, retain, kind, opt, cfg)
-        opt.zero_grad(set_to_none=True)
-        model.eval()
-        return model
+
+        def run_epoch(epoch: int, opt: torch.optim.SGD) -> None:
+            if epoch < cfg.max_epochs:
+                max_step(model, teacher, forget, kind, opt, cfg)
+            min_step(model, teacher, retain, kind, opt, cfg)
+
+        return train_epochs(
+            model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs, cfg.seed, run_epoch
+        )
