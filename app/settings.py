@@ -42,6 +42,18 @@ class Settings(BaseSettings):
     sweep_after_seconds: float = 60.0  # re-send a queued request with no live task after this
     sweep_interval_seconds: float = 30.0  # how often a worker runs the sweeper
     model_lock_seconds: float = 120.0  # lease on a model's version chain held by one erasure job
+    # Queued requests for one model (and method) are coalesced into one erasure job of at most
+    # batch_max_size; a job waits until its oldest request is batch_window_seconds old or the
+    # batch is full, so a burst becomes a few jobs instead of one job per person.
+    batch_max_size: int = Field(default=16, ge=1)
+    batch_window_seconds: float = Field(default=1.0, ge=0.0)
+    # Re-run preparation on the serving version after this many erasure jobs (0: on demand only).
+    refresh_after_erasures: int = Field(default=0, ge=0)
+    # Onboarding reads checkpoints uploaded, or from a path under one of these folders
+    # (default: data_dir/models), and training data only from under data_roots.
+    checkpoint_dirs: list[Path] = Field(default_factory=list)
+    data_roots: list[Path] = Field(default_factory=list)
+    max_checkpoint_bytes: int = 2 * 1024 * 1024 * 1024
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -60,6 +72,12 @@ class Settings(BaseSettings):
     def resolved_result_backend(self) -> str:
         """The Celery result backend, defaulting to SQLite in data_dir."""
         return self.result_backend or f"db+sqlite:///{(self.data_dir / 'results.sqlite').resolve()}"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def resolved_checkpoint_dirs(self) -> list[Path]:
+        """Folders a checkpoint path given to `POST /models` must lie under."""
+        return [p.resolve() for p in self.checkpoint_dirs] or [(self.data_dir / "models").resolve()]
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -95,8 +95,12 @@ TERMINAL = frozenset(
 )
 
 # Allowed transitions; `running → queued` is a requeue after a worker died mid-job.
+# `received → completed` is a duplicate of an identity the serving version already forgot;
+# `needs_review → completed` is an admin moving `serving` to the version that erased it.
 TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
-    RequestStatus.received: frozenset({RequestStatus.queued, RequestStatus.rejected}),
+    RequestStatus.received: frozenset(
+        {RequestStatus.queued, RequestStatus.rejected, RequestStatus.completed}
+    ),
     RequestStatus.queued: frozenset(
         {
             RequestStatus.running,
@@ -114,6 +118,7 @@ TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
             RequestStatus.queued,
         }
     ),
+    RequestStatus.needs_review: frozenset({RequestStatus.completed}),
 }
 
 
@@ -151,6 +156,8 @@ class RegisteredModel(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     task: Mapped[str] = mapped_column(String(50))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Completed erasure jobs since the serving chain's artifacts were last prepared (refresh).
+    erasures_since_refresh: Mapped[int] = mapped_column(Integer, default=0)
     # Lease that serializes erasure jobs on this model (one writer per version chain).
     lock_owner: Mapped[str | None] = mapped_column(String(64))
     lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -183,6 +190,15 @@ class ModelVersion(Base):
     erased_identity_hashes: Mapped[list[str]] = mapped_column(JSON, default=list)
     artifacts: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # name -> sha256
     prepare_error: Mapped[str | None] = mapped_column(Text)
+    # Where the training data is (dataset, root, task, split_seed); children inherit it.
+    training_data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Preparation progress: stage, steps done/total, methods ready, last refresh outcome.
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The version whose weights `artifacts` were computed on (itself after a refresh).
+    artifacts_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    artifacts_prepared_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Set when retention removed the weights and artifacts; metadata and hashes stay.
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_by_request_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -228,6 +244,12 @@ class DeletionRequest(Base):
     parent_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     result_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     task_id: Mapped[str | None] = mapped_column(String(64))
+    # The erasure job (batch) that last claimed this request; its members share one new version.
+    batch_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    # A duplicate of a request in flight follows that request's outcome instead of running.
+    linked_request_id: Mapped[str | None] = mapped_column(
+        ForeignKey("deletion_requests.id"), index=True
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -238,6 +260,37 @@ class DeletionRequest(Base):
 
     events: Mapped[list[RequestEvent]] = relationship(order_by="RequestEvent.id")
     audit: Mapped[Audit | None] = relationship(uselist=False)
+
+
+class BenchmarkStatus(enum.StrEnum):
+    """Lifecycle of an admin's benchmark re-run."""
+
+    queued = "queued"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+
+
+class BenchmarkRun(Base):
+    """A 1-SHUI benchmark re-run queued through the API, with everything needed to repeat it."""
+
+    __tablename__ = "benchmark_runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    client_id: Mapped[str] = mapped_column(ForeignKey("api_clients.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # the body as the admin sent it
+    argv: Mapped[list[str]] = mapped_column(JSON)  # the equivalent `lethe benchmark` arguments
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # results.json: config + rows
+    report_md: Mapped[str | None] = mapped_column(Text)
+    plot_sha256: Mapped[str | None] = mapped_column(String(64))  # tow_vs_time.png in the store
+    code_version: Mapped[str | None] = mapped_column(String(50))
+    error: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class RequestEvent(Base):

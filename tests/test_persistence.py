@@ -36,7 +36,7 @@ from app.tables import (
 
 REPO = Path(__file__).resolve().parent.parent
 APP_TABLES = set(Base.metadata.tables)
-HEAD = "0001"
+HEAD = "0002"
 
 
 def alembic_config(url: str) -> Config:
@@ -106,6 +106,30 @@ def test_upgrade_twice_is_a_no_op(database_url: str, tmp_path: Path) -> None:
     migrate(settings)
     migrate(settings)
     assert inspect_database(database_url)[1] == HEAD
+
+
+def test_upgrade_keeps_rows_written_before_0002(database_url: str) -> None:
+    config = alembic_config(database_url)
+    command.upgrade(config, "0001")
+    engine = create_engine(database_url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO registered_models (name, task, created_at) "
+            "VALUES ('faces', 'attributes', CURRENT_TIMESTAMP)"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO model_versions (model_id, version, status, artifact_uri, sha256, arch, "
+            "resolved_config, erased_identity_hashes, artifacts, created_at) VALUES "
+            "(1, 1, 'ready', 'models/x', 'x', 'cnn', '{}', '[]', '{}', CURRENT_TIMESTAMP)"
+        )
+    command.upgrade(config, "head")
+    with Session(engine) as session:
+        model = session.scalars(select(RegisteredModel)).one()
+        version = session.scalars(select(ModelVersion)).one()
+        assert model.erasures_since_refresh == 0
+        assert version.training_data == {} and version.progress == {}
+        assert version.purged_at is None and version.artifacts_version_id is None
+    engine.dispose()
 
 
 def test_migrate_accepts_a_percent_encoded_password(pg_database: str, tmp_path: Path) -> None:

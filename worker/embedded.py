@@ -44,7 +44,9 @@ def service_env(settings: Settings) -> dict[str, str]:
         key = f"LETHE_{name.upper()}"
         if value is None:
             env.pop(key, None)
-        elif isinstance(value, dict | list):
+        elif isinstance(value, list):
+            env[key] = json.dumps([str(v.resolve()) if isinstance(v, Path) else v for v in value])
+        elif isinstance(value, dict):
             env[key] = json.dumps(value)
         elif isinstance(value, Path):
             env[key] = str(value.resolve())
