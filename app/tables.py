@@ -107,6 +107,9 @@ TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
             RequestStatus.canceled,
             RequestStatus.failed,
             RequestStatus.rejected,
+            # a duplicate linked to a request in flight takes that request's outcome
+            RequestStatus.completed,
+            RequestStatus.needs_review,
         }
     ),
     RequestStatus.running: frozenset(
@@ -223,6 +226,21 @@ class Alias(Base):
     name: Mapped[str] = mapped_column(String(50), primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class AliasEvent(Base):
+    """Append-only history of alias moves: promotions, rollbacks, named aliases."""
+
+    __tablename__ = "alias_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id"), index=True)
+    alias: Mapped[str] = mapped_column(String(50))
+    from_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    to_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    actor: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class DeletionRequest(Base):

@@ -66,22 +66,25 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+PORTRAIT_METRICS = ("portrait_loss", "portrait_confidence", "portrait_membership_score")
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """The audit metrics of one model on the portrait and the audit set."""
+    """The audit metrics of one model on each portrait of a batch and on the audit set."""
 
-    portrait_loss: float
-    portrait_confidence: float
-    portrait_membership_score: float
+    portraits: list[dict[str, float]]  # per portrait: loss, confidence, membership score
     audit_score: float
     audit_logits: torch.Tensor
 
-    def to_dict(self, task: TaskSpec, reference: Snapshot | None = None) -> dict[str, Any]:
-        """JSON form; with `reference` (the parent), also the agreement of predictions."""
+    def to_dict(
+        self, task: TaskSpec, index: int = 0, reference: Snapshot | None = None
+    ) -> dict[str, Any]:
+        """JSON form for portrait `index`; with `reference` (the parent), also the agreement."""
         payload: dict[str, Any] = {
-            "portrait_loss": _finite(self.portrait_loss),
-            "portrait_confidence": _finite(self.portrait_confidence),
-            "portrait_membership_score": _finite(self.portrait_membership_score),
+            name: _finite(self.portraits[index][name]) for name in PORTRAIT_METRICS
+        }
+        payload |= {
             "audit_score": _finite(self.audit_score),
             "audit_score_name": task.score_name,
             "audit_set_size": int(self.audit_logits.shape[0]),
@@ -95,30 +98,39 @@ class Snapshot:
 
 def snapshot(
     model: nn.Module,
-    portrait: torch.Tensor,
-    portrait_target: torch.Tensor,
+    portraits: torch.Tensor,
+    portrait_targets: torch.Tensor,
     kit: AuditKit,
     task: TaskSpec,
     transform: Transform,
     device: torch.device,
 ) -> Snapshot:
-    """Measure `model` on the (transformed) portrait batch and on the kit's audit set."""
-    logits = forward(model, portrait, device)
-    loss = float(per_sample_loss(task.kind, logits, portrait_target).mean())
+    """Measure `model` on each (transformed) portrait and on the kit's audit set."""
+    logits = forward(model, portraits, device)
+    losses = per_sample_loss(task.kind, logits, portrait_targets).tolist()
+    confidence = confidences(task.kind, logits).tolist()
     audit_logits = forward(model, kit.audit_set.images, device, transform)
     return Snapshot(
-        portrait_loss=loss,
-        portrait_confidence=float(confidences(task.kind, logits).mean()),
-        portrait_membership_score=kit.membership.score(loss),
+        portraits=[
+            {
+                "portrait_loss": loss,
+                "portrait_confidence": conf,
+                "portrait_membership_score": kit.membership.score(loss),
+            }
+            for loss, conf in zip(losses, confidence, strict=True)
+        ],
         audit_score=task_score(task.kind, audit_logits, kit.audit_set.targets),
         audit_logits=audit_logits,
     )
 
 
-def delta(before: Snapshot, after: Snapshot) -> dict[str, float | None]:
-    """After minus before for each metric, and the audit-set score drop (before minus after)."""
-    names = ("portrait_loss", "portrait_confidence", "portrait_membership_score", "audit_score")
-    changes = {n: _finite(getattr(after, n) - getattr(before, n)) for n in names}
+def delta(before: Snapshot, after: Snapshot, index: int = 0) -> dict[str, float | None]:
+    """After minus before for portrait `index` and the audit-set score, and the score drop."""
+    changes = {
+        name: _finite(after.portraits[index][name] - before.portraits[index][name])
+        for name in PORTRAIT_METRICS
+    }
+    changes["audit_score"] = _finite(after.audit_score - before.audit_score)
     changes["audit_score_drop"] = _finite(before.audit_score - after.audit_score)
     return changes
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
-from app.services.lifecycle import transition
+from app.services.lifecycle import release_followers, transition
 from app.tables import DeletionRequest, RequestStatus, utcnow
 
 REQUEUE_CAP_REACHED = "requeue_cap_reached"
@@ -56,6 +56,7 @@ def fail(
     request.error_code = code
     request.error_message = message[:4000]
     uri, request.portrait_uri = request.portrait_uri, None
+    release_followers(session, request.id, actor, f"request {request.id} failed")
     return uri
 
 

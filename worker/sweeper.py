@@ -15,10 +15,11 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from app.db import session_factory
+from app.services.lifecycle import release_followers, settle_followers
 from app.settings import Settings
 from app.storage import PortraitVault, portrait_vault
 from app.tables import (
@@ -48,6 +49,7 @@ class SweepReport:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     preparations: list[int] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)  # requests whose duplicates were settled
     portraits_destroyed: int = 0
 
 
@@ -94,6 +96,7 @@ def _resend_queued(
         select(DeletionRequest).where(
             DeletionRequest.status == RequestStatus.queued.value,
             DeletionRequest.updated_at < cutoff,
+            DeletionRequest.linked_request_id.is_(None),  # duplicates follow, never run
         )
     ).all()
     for request in stale:
@@ -137,7 +140,10 @@ def _requeue_dead(
             DeletionRequest.started_at < cutoff,
             or_(
                 RegisteredModel.lock_owner.is_(None),
-                ~RegisteredModel.lock_owner.like(DeletionRequest.id + ":%"),
+                # the lease is held by the batch's leading request, named in batch_id
+                ~RegisteredModel.lock_owner.like(
+                    func.coalesce(DeletionRequest.batch_id, DeletionRequest.id) + ":%"
+                ),
                 RegisteredModel.lock_expires_at < now,
             ),
         )
@@ -185,6 +191,30 @@ def _resend_preparing(
         if held is None or version_id not in held.prepared_versions:
             enqueue(PREPARE_TASK, version_id)
             report.preparations.append(version_id)
+
+
+def _settle_orphans(session: Session, vault: PortraitVault, report: SweepReport) -> None:
+    """Duplicates still linked to a finished request (a crash between the two): settle them."""
+    primary = aliased(DeletionRequest)
+    finished = session.scalars(
+        select(primary)
+        .join(DeletionRequest, DeletionRequest.linked_request_id == primary.id)
+        .where(
+            DeletionRequest.status == RequestStatus.queued.value,
+            primary.status.in_([s.value for s in TERMINAL]),
+        )
+        .distinct()
+    ).all()
+    for request in finished:
+        if request.status in (RequestStatus.completed.value, RequestStatus.needs_review.value):
+            uris = settle_followers(session, request, ACTOR)
+        else:
+            release_followers(session, request.id, ACTOR, f"request {request.id} {request.status}")
+            uris = []
+        session.commit()
+        for uri in uris:
+            vault.destroy(uri)
+        report.settled.append(request.id)
 
 
 def _clean_portraits(
@@ -236,6 +266,7 @@ def sweep(settings: Settings, *, inspect: bool = True) -> SweepReport:
         _resend_queued(session, settings, held, report)
         _requeue_dead(session, settings, vault, report)
         _resend_preparing(session, settings, held, not inspect, report)
+        _settle_orphans(session, vault, report)
         _clean_portraits(session, settings, vault, report)
     if report != SweepReport():
         log.info("sweep: %s", report)

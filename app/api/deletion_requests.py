@@ -102,6 +102,8 @@ def _summary(session: Session, request: DeletionRequest) -> DeletionRequestSumma
         started_at=request.started_at,
         finished_at=request.finished_at,
         result_version=_version_ref(session, request.result_version_id),
+        linked_request_id=request.linked_request_id,
+        batch_id=request.batch_id,
         error=error,
     )
 
@@ -170,7 +172,11 @@ def create_deletion_request(
         str | None, Header(alias="Idempotency-Key", description="Replays return the first answer.")
     ] = None,
 ) -> RequestAccepted:
-    """Record the request and queue its erasure; the portrait is destroyed when it ends."""
+    """Record the request and queue its erasure; the portrait is destroyed when it ends.
+
+    A request for an identity the serving version has already forgotten completes at once; one
+    for an identity whose erasure is in flight is linked to that request and takes its outcome.
+    """
     raw = read_bounded(portrait.file, settings.max_portrait_bytes) if portrait else b""
     submission = service.Submission(
         identity_id=identity_id,

@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import ApiError
 from app.security import identity_hash
-from app.services.lifecycle import transition
+from app.services.lifecycle import followers, release_followers, transition
 from app.services.portraits import validate_portrait
 from app.settings import Settings
 from app.storage import portrait_vault
@@ -194,21 +195,75 @@ def _check_submission(submission: Submission, settings: Settings) -> None:
         )
 
 
+Step = tuple[RequestStatus, str]
+
+
 def _insert(
-    session: Session, settings: Settings, request: DeletionRequest, portrait: bytes, actor: str
+    session: Session,
+    settings: Settings,
+    request: DeletionRequest,
+    portrait: bytes,
+    actor: str,
+    *,
+    store: bool = True,
+    then: Sequence[Step] = (),
 ) -> None:
-    """Store the portrait and commit the request as `received`; on failure keep neither."""
+    """Store the portrait (if `store`) and commit the request as `received`, then the `then`
+    transitions in the same commit; on failure keep neither row nor file."""
     vault = portrait_vault(settings)
-    request.portrait_sha256, uri = vault.put(portrait)
+    if store:
+        request.portrait_sha256, uri = vault.put(portrait)
+    else:
+        request.portrait_sha256, uri = hashlib.sha256(portrait).hexdigest(), None
     request.portrait_uri = uri
     try:
         session.add(request)
         transition(session, request, RequestStatus.received, actor)
+        for status, reason in then:
+            transition(session, request, status, actor, reason)
         session.commit()
     except BaseException:
         session.rollback()
-        vault.destroy(uri)
+        if uri is not None:
+            vault.destroy(uri)
         raise
+
+
+def _in_flight(session: Session, model: RegisteredModel, identity: str) -> DeletionRequest | None:
+    """The unfinished request erasing `identity` from `model` (the one others follow), if any."""
+    active = [
+        s.value for s in (RequestStatus.received, RequestStatus.queued, RequestStatus.running)
+    ]
+    found = session.scalar(
+        select(DeletionRequest)
+        .where(
+            DeletionRequest.model_id == model.id,
+            DeletionRequest.identity_hash == identity,
+            DeletionRequest.status.in_(active),
+        )
+        .order_by(DeletionRequest.linked_request_id.is_not(None), DeletionRequest.created_at)
+    )
+    if found is not None and found.linked_request_id is not None:
+        return session.get(DeletionRequest, found.linked_request_id)
+    return found
+
+
+def _duplicate_plan(
+    session: Session, model: RegisteredModel, version: ModelVersion, identity: str
+) -> tuple[bool, list[Step], DeletionRequest | None]:
+    """How a request for `identity` proceeds: (store the portrait?, transitions, request to follow).
+
+    Already forgotten by the serving version: complete now, no portrait kept, no job. Already in
+    flight: follow that request (its portrait is kept in case that one fails). Else: a new job.
+    """
+    if identity in (version.erased_identity_hashes or []):
+        reason = f"the identity is already erased from serving version v{version.version}"
+        return False, [(RequestStatus.completed, reason)], None
+    primary = _in_flight(session, model, identity)
+    if primary is not None:
+        reason = f"duplicate of request {primary.id} in flight; follows its outcome"
+        return True, [(RequestStatus.queued, reason)], primary
+    return True, [], None
 
 
 def _enqueue(session: Session, request: DeletionRequest) -> None:
@@ -237,6 +292,13 @@ def create_request(
     _check_identity_known(session, model, identity)
     portrait = validate_portrait(submission.portrait, settings)
 
+    # Submissions for one model take turns from the duplicate check to the commit, so two
+    # requests for one person cannot both miss each other (a no-op on SQLite, which has one
+    # writer at a time anyway).
+    session.execute(
+        select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update()
+    )
+    store, steps, primary = _duplicate_plan(session, model, version, identity)
     request = DeletionRequest(
         id=new_id(),
         client_id=client.id,
@@ -246,14 +308,18 @@ def create_request(
         idempotency_key=key,
         body_fingerprint=fingerprint,
         attempts=0,
+        linked_request_id=primary.id if primary is not None else None,
+        result_version_id=None if store else version.id,
     )
     try:
-        _insert(session, settings, request, portrait.data, _actor(client))
+        _insert(session, settings, request, portrait.data, _actor(client), store=store, then=steps)
     except IntegrityError:
         # A concurrent submission with the same key won the insert: answer as its replay.
         if key is not None and (earlier := _replay(session, client, key, fingerprint)):
             return earlier
         raise
+    if steps:
+        return Created(request, replayed=False)
     transition(session, request, RequestStatus.queued, _actor(client))
     session.commit()
     _enqueue(session, request)
@@ -334,6 +400,15 @@ def list_requests(
     return page, next_cursor
 
 
+def _release_followers(
+    session: Session, request: DeletionRequest, actor: str
+) -> list[DeletionRequest]:
+    """Duplicates that followed a request which will not run: they run on their own now."""
+    released = followers(session, request.id)
+    release_followers(session, request.id, actor, f"request {request.id} was canceled")
+    return released
+
+
 def cancel_request(
     session: Session, settings: Settings, client: ApiClient, request_id: str
 ) -> DeletionRequest:
@@ -345,7 +420,10 @@ def cancel_request(
         )
     transition(session, request, RequestStatus.canceled, _actor(client), "canceled by the client")
     uri, request.portrait_uri = request.portrait_uri, None
+    released = _release_followers(session, request, _actor(client))
     session.commit()
+    for follower in released:
+        _enqueue(session, follower)
     # Destroyed only after the commit: a failed commit must leave the queued request runnable.
     if uri is not None:
         portrait_vault(settings).destroy(uri)

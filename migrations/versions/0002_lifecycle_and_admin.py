@@ -1,4 +1,4 @@
-"""Lifecycle and admin: batches, duplicate links, onboarding progress, retention, benchmarks.
+"""Lifecycle and admin: batches, duplicate links, alias history, onboarding, retention, benchmarks.
 
 Revision ID: 0002
 Revises: 0001
@@ -53,6 +53,35 @@ def upgrade() -> None:
             batch_op.f("ix_benchmark_runs_created_at"), ["created_at"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_benchmark_runs_status"), ["status"], unique=False)
+
+    op.create_table(
+        "alias_events",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("model_id", sa.Integer(), nullable=False),
+        sa.Column("alias", sa.String(length=50), nullable=False),
+        sa.Column("from_version_id", sa.Integer(), nullable=True),
+        sa.Column("to_version_id", sa.Integer(), nullable=False),
+        sa.Column("actor", sa.String(length=100), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["from_version_id"],
+            ["model_versions.id"],
+            name=op.f("fk_alias_events_from_version_id_model_versions"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["model_id"],
+            ["registered_models.id"],
+            name=op.f("fk_alias_events_model_id_registered_models"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["to_version_id"],
+            ["model_versions.id"],
+            name=op.f("fk_alias_events_to_version_id_model_versions"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_alias_events")),
+    )
+    op.create_index("ix_alias_events_model_id", "alias_events", ["model_id"])
 
     with op.batch_alter_table("deletion_requests", schema=None) as batch_op:
         batch_op.add_column(sa.Column("batch_id", sa.String(length=36), nullable=True))
@@ -126,3 +155,4 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_benchmark_runs_client_id"))
 
     op.drop_table("benchmark_runs")
+    op.drop_table("alias_events")
