@@ -51,6 +51,27 @@ _CODES = (
     ErrorCode(404, "request_not_found", "No deletion request with this id is visible to you."),
     ErrorCode(409, "not_cancelable", "Only a queued request can be canceled."),
     ErrorCode(422, "invalid_checkpoint", "The checkpoint file cannot be registered."),
+    ErrorCode(413, "checkpoint_too_large", "The checkpoint exceeds `LETHE_MAX_CHECKPOINT_BYTES`."),
+    ErrorCode(
+        422, "checkpoint_path_refused", "The checkpoint path is not under `LETHE_CHECKPOINT_DIRS`."
+    ),
+    ErrorCode(422, "checkpoint_sha256_mismatch", "The file's SHA-256 differs from `sha256`."),
+    ErrorCode(422, "checkpoint_arch_unknown", "The checkpoint's architecture is not supported."),
+    ErrorCode(422, "checkpoint_head_mismatch", "The classifier head does not fit the task."),
+    ErrorCode(422, "invalid_training_data", "The training-data spec does not fit the checkpoint."),
+    ErrorCode(404, "version_not_found", "The model has no version with this number."),
+    ErrorCode(409, "version_not_ready", "The version is preparing, failed or purged."),
+    ErrorCode(422, "invalid_alias", "Alias names are lowercase slugs (a-z, 0-9, '-', '_')."),
+    ErrorCode(409, "alias_refused", "The version lacks completed erasures (listed in `details`)."),
+    ErrorCode(409, "purge_refused", "A serving, aliased, head or preparing version is kept."),
+    ErrorCode(409, "refresh_unavailable", "The model has no ready serving version to refresh."),
+    ErrorCode(
+        422,
+        "data_root_refused",
+        "The data-set folder is missing, not a folder, or not under `LETHE_DATA_ROOTS`.",
+    ),
+    ErrorCode(404, "benchmark_not_found", "No benchmark run has this id."),
+    ErrorCode(409, "benchmark_not_finished", "The benchmark run has not completed; no report yet."),
     ErrorCode(404, "not_found", "No such endpoint."),
     ErrorCode(400, "http_error", "The HTTP request was malformed or not allowed."),
     ErrorCode(500, "internal_error", "An unexpected server error; it has been logged."),
@@ -63,25 +84,34 @@ class ApiError(HTTPException):
 
     # Subclassing HTTPException lets it pass through FastAPI's body parsing untouched.
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, details: dict[str, Any] | None = None
+    ) -> None:
         if code not in ERROR_CODES or ERROR_CODES[code].status != status:
             raise ValueError(f"undocumented error {status} {code!r}; add it to app.errors")
         super().__init__(status_code=status, detail=message)
         self.status = status
         self.code = code
         self.message = message
+        self.details = details
 
     @classmethod
-    def of(cls, code: str, message: str | None = None) -> ApiError:
+    def of(
+        cls, code: str, message: str | None = None, details: dict[str, Any] | None = None
+    ) -> ApiError:
         """The error for a code of the table, with its default message unless one is given."""
         entry = ERROR_CODES[code]
-        return cls(entry.status, code, message or entry.description)
+        return cls(entry.status, code, message or entry.description, details)
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    """The JSON response of an error."""
-    body = {"error": {"code": code, "message": message}}
-    return JSONResponse(status_code=status, content=body)
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> JSONResponse:
+    """The JSON response of an error (`details` only where the code has some)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return JSONResponse(status_code=status, content={"error": error})
 
 
 def responses(*codes: str) -> dict[int | str, dict[str, Any]]:
@@ -112,7 +142,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message)
+    return error_response(exc.status, exc.code, exc.message, exc.details)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

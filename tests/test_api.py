@@ -506,6 +506,65 @@ def test_cancel_while_queued(api: Api) -> None:
     assert again.status_code == 409 and error_code(again) == "not_cancelable"
 
 
+# --- Duplicates -----------------------------------------------------------------------------
+
+
+def test_a_duplicate_of_a_request_in_flight_is_linked_not_run(api: Api) -> None:
+    first = api.submit(identity="person-2", portrait=PNG).json()["id"]
+    again = api.submit(identity="person-2", portrait=image_bytes("JPEG"), key="other")
+    assert again.status_code == 202, again.text
+    assert again.json()["status"] == "queued"
+    duplicate = again.json()["id"]
+    assert api.enqueued == [first]  # no second job
+
+    body = api.get(f"/deletion-requests/{duplicate}", key="other").json()
+    assert body["linked_request_id"] == first
+    assert body["events"][-1]["reason"].startswith(f"duplicate of request {first} in flight")
+    # A third one follows the same request, not the duplicate.
+    third = api.submit(identity="person-2", portrait=PNG).json()["id"]
+    assert api.get(f"/deletion-requests/{third}").json()["linked_request_id"] == first
+    # Its portrait is kept: should the first request fail, it runs on its own.
+    assert len(stored_portraits(api.settings)) == 3
+
+
+def test_canceling_the_followed_request_releases_its_duplicates(api: Api) -> None:
+    first = api.submit(identity="person-2", portrait=PNG).json()["id"]
+    duplicate = api.submit(identity="person-2", portrait=PNG, key="other").json()["id"]
+    headers = {"X-API-Key": api.keys["writer"]}
+    assert api.client.post(f"/deletion-requests/{first}/cancel", headers=headers).is_success
+    body = api.get(f"/deletion-requests/{duplicate}", key="other").json()
+    assert body["status"] == "queued" and body["linked_request_id"] is None
+    assert "was canceled" in body["events"][-1]["reason"]
+    assert api.enqueued == [first, duplicate]
+
+
+def test_an_identity_already_erased_from_serving_completes_at_once(api: Api) -> None:
+    erased = identity_hash("person-3", api.settings)
+    with session_scope(api.settings) as session:
+        model = session.scalars(
+            select(RegisteredModel).where(RegisteredModel.name == "synthfaces")
+        ).one()
+        serving = session.get_one(
+            ModelVersion, session.get_one(Alias, (model.id, "serving")).version_id
+        )
+        serving.erased_identity_hashes = [erased]
+    response = api.submit(identity="person-3", portrait=PNG)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "completed"
+    body = api.get(f"/deletion-requests/{response.json()['id']}").json()
+    assert body["result_version"] == {"model": "synthfaces", "version": 1}
+    assert [e["to_status"] for e in body["events"]] == ["received", "completed"]
+    assert "already erased from serving version v1" in body["events"][-1]["reason"]
+    assert body["finished_at"] is not None and body["audit"] is None
+    # No job, and no portrait ever stored; only its hash.
+    assert api.enqueued == [] and stored_portraits(api.settings) == []
+    (row,) = request_rows(api.settings)
+    assert row.portrait_uri is None and len(row.portrait_sha256) == 64
+    # Another identity still makes a job.
+    assert api.submit(identity="person-4", portrait=PNG).json()["status"] == "queued"
+    assert len(api.enqueued) == 1
+
+
 def test_cancel_after_start_is_refused(api: Api) -> None:
     request_id = api.submit(portrait=PNG).json()["id"]
     set_status(api.settings, request_id, RequestStatus.running)
@@ -588,9 +647,11 @@ def test_register_model(api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     sent: list[tuple[str, tuple[object, ...]]] = []
     monkeypatch.setattr(registry, "enqueue", lambda name, *args, **_: sent.append((name, args)))
+    from checkpoints import write_checkpoint
+
     headers = {"X-API-Key": api.keys["admin"]}
-    checkpoint = tmp_path / "model.pt"
-    checkpoint.write_bytes(b"weights")
+    # Under the default LETHE_CHECKPOINT_DIRS (data_dir/models); tests/test_registry.py covers more.
+    checkpoint = write_checkpoint(api.settings.data_dir / "models" / "model.pt")
 
     forbidden = api.client.post(
         "/models",
@@ -601,7 +662,7 @@ def test_register_model(api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     bad = api.client.post(
         "/models",
-        json={"name": "new", "checkpoint_path": str(tmp_path / "none.pt")},
+        json={"name": "new", "checkpoint_path": str(checkpoint.parent / "none.pt")},
         headers=headers,
     )
     assert bad.status_code == 422 and error_code(bad) == "invalid_checkpoint"

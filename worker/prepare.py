@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,11 +21,12 @@ from sqlalchemy.orm import Session
 
 from app.db import session_factory
 from app.security import identity_hash
-from app.services.registry import PENDING, SERVING, serving_version, set_alias
+from app.services.checkpoint_meta import ARCH_HEADS
+from app.services.registry import PENDING, SERVING, serving_version, set_alias, usable_methods
 from app.settings import Settings
 from app.storage import ArtifactStore, artifact_store
-from app.tables import ModelIdentity, ModelVersion, RegisteredModel, VersionStatus
-from models.data.base import FaceData
+from app.tables import ModelIdentity, ModelVersion, RegisteredModel, VersionStatus, utcnow
+from models.data.base import DatasetError, FaceData
 from models.data.registry import DatasetSpec, load_dataset
 from models.data.splits import SplitIndices, Splits, split_indices
 from models.data.transforms import test_transform
@@ -32,11 +35,18 @@ from models.methods import UnlearningMethod, get_method, resolve_config
 from models.methods.prepare_data import build_prepare_data
 from models.nets import data_config
 from models.protocol import model_from_checkpoint
-from models.train.checkpoint import load_checkpoint
+from models.train.checkpoint import Checkpoint, load_checkpoint
 from worker.audit_kit import build_audit_kit, store_audit_kit
 from worker.versions import METHOD_KIND, task_spec
 
 log = logging.getLogger(__name__)
+
+
+Report = Callable[[str, int, int], None]  # (stage, steps done, steps total)
+
+
+def _silent(stage: str, done: int, total: int) -> None:
+    """A progress report nobody reads."""
 
 
 @dataclass(frozen=True)
@@ -47,35 +57,111 @@ class Prepared:
     task: str
     identity_hashes: list[str]
     artifacts: dict[str, str]
+    training_data: dict[str, Any]
+    total: int
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The training data of a checkpoint, loaded and split as it was trained."""
+
+    data: FaceData
+    splits: Splits
+    indices: SplitIndices
+    task: str
+    image_size: int
+    training_data: dict[str, Any]
+
+
+class DataUnavailable(RuntimeError):
+    """The training data the spec names can no longer be read."""
+
+
+def check_head(checkpoint: Checkpoint) -> None:
+    """The classifier has one output per label of the checkpoint's task."""
+    head = ARCH_HEADS.get(checkpoint.arch)
+    weight = checkpoint.state_dict.get(f"{head}.weight") if head else None
+    labels = len(checkpoint.task["labels"])
+    if weight is not None and int(weight.shape[0]) != labels:
+        raise ValueError(f"the classifier has {int(weight.shape[0])} outputs for {labels} labels")
+
+
+def _under_data_roots(settings: Settings, root: str) -> bool:
+    path = Path(root).resolve()
+    return any(
+        path == r or path.is_relative_to(r) for r in (p.resolve() for p in settings.data_roots)
+    )
+
+
+def load_inputs(
+    settings: Settings, checkpoint: Checkpoint, training_data: dict[str, Any] | None
+) -> Inputs:
+    """Load the checkpoint's data set as `training_data` (default: its config) says.
+
+    A spec that contradicts the checkpoint is a ValueError; data that cannot be read is
+    DataUnavailable.
+    """
+    config = checkpoint.config
+    spec = dict(config.get("dataset") or {})
+    wanted = dict(training_data or {})
+    splits = Splits.from_dict(checkpoint.splits)
+    if wanted:
+        if spec.get("name", wanted["dataset"]) != wanted["dataset"]:
+            raise ValueError(f"the checkpoint was trained on {spec.get('name')!r}")
+        if wanted.get("split_seed") not in (None, splits.seed):
+            raise ValueError(f"the checkpoint's splits use seed {splits.seed}")
+        root = wanted.get("root")
+        if root is not None and not _under_data_roots(settings, root):
+            raise DataUnavailable(f"{root} is not under LETHE_DATA_ROOTS")
+        spec |= {"name": wanted["dataset"], "root": root}
+    task = str(wanted.get("task") or config["task"])
+    try:
+        data = load_dataset(DatasetSpec(**spec))
+        indices = split_indices(data, splits)
+    except (OSError, DatasetError) as exc:
+        raise DataUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    if task not in data.tasks or task_spec(checkpoint) != data.task(task):
+        raise ValueError(f"the checkpoint's task {task!r} differs from its data set's")
+    used = {"dataset": data.name, "root": spec.get("root"), "task": task, "split_seed": splits.seed}
+    return Inputs(data, splits, indices, task, int(config["image_size"]), used)
+
+
+def preparable_methods(settings: Settings) -> list[str]:
+    """Methods of settings.prepare_methods that compute something at onboarding."""
+    return [
+        name
+        for name in settings.prepare_methods
+        if type(get_method(name)).prepare is not UnlearningMethod.prepare
+    ]
 
 
 def _prepare_methods(
     settings: Settings,
     store: ArtifactStore,
     model: torch.nn.Module,
-    data: FaceData,
-    task: str,
-    indices: SplitIndices,
-    image_size: int,
+    inputs: Inputs,
     arch: str,
+    report: Report,
+    done: int,
+    total: int,
 ) -> dict[str, str]:
-    """Run `prepare` of each method in settings.prepare_methods; store results as tensors.
+    """Run `prepare` of each preparable method; store results as tensors.
 
     A method whose preparation fails is logged and left out: the version still serves the
     methods that need nothing, and requests for the missing one are refused by the API.
     """
     artifacts = {}
-    transform = test_transform(data_config(model, image_size))
+    data, task = inputs.data, inputs.task
+    transform = test_transform(data_config(model, inputs.image_size))
     prepare_data = None
-    for name in settings.prepare_methods:
+    for step, name in enumerate(preparable_methods(settings), start=done):
+        report(f"method:{name}", step, total)
         method = get_method(name)
-        if type(method).prepare is UnlearningMethod.prepare:
-            continue
         try:
             if prepare_data is None:
                 # The identity index is keyed like the service's stored identities.
                 prepare_data = build_prepare_data(
-                    data, task, indices, transform, lambda i: identity_hash(i, settings)
+                    data, task, inputs.indices, transform, lambda i: identity_hash(i, settings)
                 )
             cfg = resolve_config(name, data.name, arch, 1, **settings.method_options.get(name, {}))
             computed: dict[str, Any] = method.prepare(model, prepare_data, cfg)
@@ -89,35 +175,78 @@ def _prepare_methods(
     return artifacts
 
 
-def compute(settings: Settings, sha256: str) -> Prepared:
-    """Everything a version needs before it can serve erasures (no database access)."""
+def build_artifacts(
+    settings: Settings, checkpoint: Checkpoint, inputs: Inputs, report: Report
+) -> tuple[dict[str, str], int]:
+    """Audit kit and method artifacts on the checkpoint's weights; returns them and the steps."""
     store = artifact_store(settings)
-    checkpoint = load_checkpoint(store.path("models", sha256), expected_sha256=sha256)
-    config = checkpoint.config
-    data = load_dataset(DatasetSpec(**config["dataset"]))
-    splits = Splits.from_dict(checkpoint.splits)
-    indices = split_indices(data, splits)
-    task, image_size = str(config["task"]), int(config["image_size"])
-    if task_spec(checkpoint) != data.task(task):
-        raise ValueError(f"the checkpoint's task {task!r} differs from its data set's")
+    total = 3 + len(preparable_methods(settings))
+    report("audit_kit", 2, total)
     device = default_device()
     model = model_from_checkpoint(checkpoint).to(device)
-    kit = build_audit_kit(model, data, task, indices, image_size, device, seed=splits.seed)
+    data, task, indices, size = inputs.data, inputs.task, inputs.indices, inputs.image_size
+    kit = build_audit_kit(model, data, task, indices, size, device, seed=inputs.splits.seed)
     artifacts = store_audit_kit(store, kit)
-    artifacts |= _prepare_methods(
-        settings, store, model, data, task, indices, image_size, checkpoint.arch
-    )
+    artifacts |= _prepare_methods(settings, store, model, inputs, checkpoint.arch, report, 3, total)
+    return artifacts, total
+
+
+def compute(
+    settings: Settings,
+    sha256: str,
+    training_data: dict[str, Any] | None = None,
+    report: Report = _silent,
+) -> Prepared:
+    """Everything a version needs before it can serve erasures (no database access)."""
+    total = 3 + len(preparable_methods(settings))
+    report("validating", 0, total)
+    store = artifact_store(settings)
+    checkpoint = load_checkpoint(store.path("models", sha256), expected_sha256=sha256)
+    check_head(checkpoint)
+    report("identity_index", 1, total)
+    inputs = load_inputs(settings, checkpoint, training_data)
+    identities = sorted({identity_hash(i, settings) for i in inputs.splits.train})
+    artifacts, total = build_artifacts(settings, checkpoint, inputs, report)
     return Prepared(
         arch=checkpoint.arch,
-        task=task,
-        identity_hashes=sorted({identity_hash(i, settings) for i in splits.train}),
+        task=inputs.task,
+        identity_hashes=identities,
         artifacts=artifacts,
+        training_data=inputs.training_data,
+        total=total,
     )
+
+
+def progress_writer(settings: Settings, version_id: int, key: str | None = None) -> Report:
+    """A Report that commits each stage to the version's `progress` (under `key` if given)."""
+    factory = session_factory(settings)
+
+    def report(stage: str, done: int, total: int) -> None:
+        entry = {"stage": stage, "done": done, "total": total, "updated_at": utcnow().isoformat()}
+        try:
+            with factory() as session:
+                version = session.get(ModelVersion, version_id)
+                if version is None:
+                    return
+                current = dict(version.progress or {})
+                if key is None:
+                    if version.status != VersionStatus.preparing.value:
+                        return
+                    current |= entry
+                else:
+                    current[key] = {**(current.get(key) or {}), **entry}
+                version.progress = current
+                session.commit()
+        except Exception:
+            log.exception("could not record progress of version %s", version_id)
+
+    return report
 
 
 def _mark_failed(session: Session, version: ModelVersion, message: str) -> dict[str, Any]:
     version.status = VersionStatus.failed.value
     version.prepare_error = message[:4000]
+    version.progress = {**(version.progress or {}), "stage": "failed"}
     session.commit()
     return {"version_id": version.id, "status": version.status, "error": version.prepare_error}
 
@@ -134,6 +263,16 @@ def _apply(session: Session, version: ModelVersion, prepared: Prepared) -> dict[
     model.task = prepared.task
     version.arch = prepared.arch
     version.artifacts = prepared.artifacts
+    version.training_data = prepared.training_data
+    version.artifacts_version_id = version.id
+    version.artifacts_prepared_at = utcnow()
+    version.progress = {
+        **(version.progress or {}),
+        "stage": "done",
+        "done": prepared.total,
+        "total": prepared.total,
+        "methods_ready": usable_methods(prepared.artifacts),
+    }
     known = set(
         session.scalars(
             select(ModelIdentity.identity_hash).where(ModelIdentity.model_id == model.id)
@@ -147,7 +286,7 @@ def _apply(session: Session, version: ModelVersion, prepared: Prepared) -> dict[
     version.status = VersionStatus.ready.value
     version.prepare_error = None
     if serving_version(session, model) is None:
-        set_alias(session, model, SERVING, version)
+        set_alias(session, model, SERVING, version, "worker", "first version to be prepared")
     session.commit()
     return {"version_id": version.id, "status": version.status}
 
@@ -161,9 +300,9 @@ def prepare_version(settings: Settings, version_id: int) -> dict[str, Any]:
             return {"version_id": version_id, "status": "missing"}
         if version.status != VersionStatus.preparing.value:
             return {"version_id": version_id, "status": version.status, "noop": True}
-        sha = version.sha256
+        sha, training_data = version.sha256, dict(version.training_data or {})
     try:
-        prepared = compute(settings, sha)
+        prepared = compute(settings, sha, training_data, progress_writer(settings, version_id))
     except Exception as exc:
         log.exception("preparing model version %s failed", version_id)
         with factory() as session:

@@ -28,6 +28,14 @@ def prepare_task(version_id: int) -> dict[str, Any]:
     return prepare_version(get_settings(), version_id)
 
 
+@celery_app.task(name="lethe.refresh")
+def refresh_task(version_id: int) -> dict[str, Any]:
+    """Recompute a serving version's artifacts from its training data minus erased identities."""
+    from worker.refresh import refresh_version
+
+    return refresh_version(get_settings(), version_id)
+
+
 @celery_app.task(name="lethe.erase", bind=True, max_retries=None)
 def erase_task(self: Any, request_id: str) -> dict[str, Any]:
     """Erase one deletion request; waits its turn (retrying) while its model is leased."""
@@ -82,14 +90,9 @@ def _start_sweeper(**_: Any) -> None:
     threading.Thread(target=_sweep_forever, args=(interval,), name="sweeper", daemon=True).start()
 
 
-@celery_app.task(name="lethe.benchmark")
-def run_benchmark_task(argv: list[str]) -> dict[str, Any]:
-    """Run `lethe benchmark` with these arguments and return its results."""
-    import json
-    from pathlib import Path
+@celery_app.task(name="lethe.benchmark", bind=True)
+def benchmark_task(self: Any, run_id: str) -> dict[str, Any]:
+    """Run a recorded benchmark run (its `lethe benchmark` arguments) and store its results."""
+    from worker.benchmark import run_benchmark_job
 
-    from models.cli import build_parser
-
-    args = build_parser().parse_args(["benchmark", *argv])
-    args.func(args)
-    return json.loads((Path(args.out) / "results.json").read_text())
+    return run_benchmark_job(get_settings(), run_id, task_id=self.request.id)

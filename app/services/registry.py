@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.db import session_factory
+from app.services.lifecycle import transition
+from app.services.requests import METHOD_NEEDS, PREPARED_METHODS
 from app.settings import Settings
 from app.storage import artifact_store
 from app.tables import (
     SERVING,
     Alias,
+    AliasEvent,
     DeletionRequest,
     ModelVersion,
     RegisteredModel,
@@ -30,6 +37,9 @@ from worker.celery_app import enqueue
 log = logging.getLogger(__name__)
 PENDING = "pending"  # task/arch of a model version until its preparation job has read the weights
 PREPARE_TASK = "lethe.prepare"
+REFRESH_TASK = "lethe.refresh"
+REFRESH_STALE = timedelta(hours=6)  # a refresh queued this long ago was lost; queue another
+ALIAS_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
 
 
 class RegistryError(ValueError):
@@ -38,6 +48,14 @@ class RegistryError(ValueError):
 
 class AliasRefused(RegistryError):
     """Moving `serving` there would bring back identities whose erasure completed."""
+
+    def __init__(self, message: str, missing_request_ids: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.missing_request_ids = list(missing_request_ids or [])
+
+
+class VersionUnusable(RegistryError):
+    """The version is preparing, failed or purged: nothing can point at it."""
 
 
 class NoReadyVersion(LookupError):
@@ -61,12 +79,19 @@ def _model_named(session: Session, name: str) -> RegisteredModel | None:
 
 
 def register_checkpoint(
-    session: Session, settings: Settings, name: str, checkpoint_path: str
+    session: Session,
+    settings: Settings,
+    name: str,
+    checkpoint_path: str,
+    *,
+    training_data: dict[str, Any] | None = None,
+    arch: str | None = None,
 ) -> ModelVersion:
     """Store a checkpoint as a new `preparing` root version of `name` and queue its preparation.
 
     Registering the same file again for a model returns its existing version (unless that one's
-    preparation failed), so a retried call does not create duplicates.
+    preparation failed), so a retried call does not create duplicates. `training_data` (dataset,
+    root, task, split_seed) defaults to what the checkpoint's own config says.
     """
     name = name.strip()
     if not name or len(name) > 200:
@@ -99,10 +124,12 @@ def register_checkpoint(
         status=VersionStatus.preparing.value,
         artifact_uri=f"models/{sha}",
         sha256=sha,
-        arch=PENDING,
+        arch=arch or PENDING,
         resolved_config={},
         erased_identity_hashes=[],
         artifacts={},
+        training_data=dict(training_data or {}),
+        progress={"stage": "queued", "done": 0, "total": None},
     )
     session.add(version)
     session.commit()
@@ -141,12 +168,16 @@ def head_version(session: Session, model: RegisteredModel) -> ModelVersion:
     erasure, so the next erasure builds on them rather than undoing them.
     """
     ready = [v for v in _versions(session, model) if v.status == VersionStatus.ready.value]
-    if not ready:
+    usable = [v for v in ready if v.purged_at is None]
+    if not usable:
         raise NoReadyVersion(f"model {model.name!r} has no ready version")
-    head = serving_version(session, model) or ready[-1]
+    head = serving_version(session, model) or usable[-1]
+    # Purged versions stay in the walk: a purged middle link still carries its erasures.
     child_of = {v.parent_id: v for v in ready if v.parent_id is not None}
     while head.id in child_of:
         head = child_of[head.id]
+    if head.purged_at is not None:
+        raise NoReadyVersion(f"the head version {head.version} of {model.name!r} is purged")
     return head
 
 
@@ -161,27 +192,183 @@ def missing_erasures(session: Session, model: RegisteredModel, version: ModelVer
     return set(completed) - set(version.erased_identity_hashes or [])
 
 
-def set_alias(session: Session, model: RegisteredModel, name: str, version: ModelVersion) -> Alias:
-    """Point alias `name` of `model` at `version`; the caller commits.
+def missing_requests(session: Session, model: RegisteredModel, version: ModelVersion) -> list[str]:
+    """Ids of completed requests of `model` whose identity `version` has not erased."""
+    erased = set(version.erased_identity_hashes or [])
+    rows = session.execute(
+        select(DeletionRequest.id, DeletionRequest.identity_hash)
+        .where(
+            DeletionRequest.model_id == model.id,
+            DeletionRequest.status == RequestStatus.completed.value,
+        )
+        .order_by(DeletionRequest.created_at, DeletionRequest.id)
+    )
+    return [request_id for request_id, identity in rows if identity not in erased]
+
+
+def set_alias(
+    session: Session,
+    model: RegisteredModel,
+    name: str,
+    version: ModelVersion,
+    actor: str = "system",
+    reason: str | None = None,
+) -> Alias:
+    """Point alias `name` of `model` at `version` and record the move; the caller commits.
 
     `serving` only moves to a ready version that contains every completed erasure of the model.
     """
     if version.model_id != model.id:
         raise RegistryError(f"version {version.id} does not belong to model {model.name!r}")
     if version.status != VersionStatus.ready.value:
-        raise RegistryError(f"version {version.version} of {model.name!r} is not ready")
+        raise VersionUnusable(f"version {version.version} of {model.name!r} is not ready")
+    if version.purged_at is not None:
+        raise VersionUnusable(f"version {version.version} of {model.name!r} is purged")
     if name == SERVING:
-        missing = missing_erasures(session, model, version)
+        missing = missing_requests(session, model, version)
         if missing:
             raise AliasRefused(
                 f"version {version.version} of {model.name!r} lacks {len(missing)} completed "
-                "erasure(s); serving it would bring those identities back"
+                "erasure(s); serving it would bring those identities back",
+                missing,
             )
     alias = session.get(Alias, (model.id, name))
+    previous = None if alias is None else alias.version_id
     if alias is None:
         alias = Alias(model_id=model.id, name=name, version_id=version.id)
         session.add(alias)
     else:
         alias.version_id = version.id
         alias.updated_at = utcnow()
+    session.add(
+        AliasEvent(
+            model_id=model.id,
+            alias=name,
+            from_version_id=previous,
+            to_version_id=version.id,
+            actor=actor[:100],
+            reason=reason,
+        )
+    )
     return alias
+
+
+def move_alias(
+    session: Session, model: RegisteredModel, name: str, version: ModelVersion, actor: str
+) -> list[str]:
+    """An admin's alias move; returns the `needs_review` requests it completed. Caller commits.
+
+    Moving `serving` to a version that erased an identity whose request was held for review
+    (guardrail) is the admin accepting that version, so those requests become `completed`.
+    """
+    if not ALIAS_NAME.fullmatch(name):
+        raise RegistryError(f"alias {name!r} is not a lowercase slug")
+    set_alias(session, model, name, version, actor, "moved by an admin")
+    completed: list[str] = []
+    if name == SERVING:
+        erased = set(version.erased_identity_hashes or [])
+        held = session.scalars(
+            select(DeletionRequest)
+            .where(
+                DeletionRequest.model_id == model.id,
+                DeletionRequest.status == RequestStatus.needs_review.value,
+            )
+            .order_by(DeletionRequest.created_at, DeletionRequest.id)
+        )
+        for request in held:
+            if request.identity_hash in erased:
+                reason = f"{actor} moved serving to v{version.version}, which erased this identity"
+                transition(session, request, RequestStatus.completed, actor, reason)
+                completed.append(request.id)
+    log.info("alias %s of %s moved to v%s by %s", name, model.name, version.version, actor)
+    return completed
+
+
+def lineage(session: Session, version: ModelVersion) -> list[ModelVersion]:
+    """`version` and its ancestors, newest first."""
+    chain = [version]
+    while chain[-1].parent_id is not None:
+        parent = session.get(ModelVersion, chain[-1].parent_id)
+        if parent is None or parent in chain:
+            break
+        chain.append(parent)
+    return chain
+
+
+def training_data_of(session: Session, version: ModelVersion) -> dict[str, Any]:
+    """The training-data spec of `version`, inherited from the nearest ancestor that has one."""
+    return next((dict(v.training_data) for v in lineage(session, version) if v.training_data), {})
+
+
+def artifacts_source(session: Session, version: ModelVersion) -> ModelVersion | None:
+    """The version whose weights `version`'s artifacts were computed on."""
+    for v in lineage(session, version):
+        if v.artifacts_version_id is not None:
+            return session.get(ModelVersion, v.artifacts_version_id)
+    return None
+
+
+def methods_ready(version: ModelVersion) -> list[str]:
+    """Methods a production request can use on `version` (its artifacts exist, or none needed)."""
+    if version.status != VersionStatus.ready.value or version.purged_at is not None:
+        return []
+    return usable_methods(version.artifacts or {})
+
+
+def usable_methods(artifacts: dict[str, str]) -> list[str]:
+    """Production methods whose onboarding artifacts are among `artifacts` or need none."""
+    return [
+        method
+        for method, needs in sorted(METHOD_NEEDS.items())
+        if needs == "support"
+        and (method not in PREPARED_METHODS or f"method:{method}" in artifacts)
+    ]
+
+
+def request_refresh(session: Session, model: RegisteredModel, reason: str) -> ModelVersion:
+    """Queue `lethe.refresh` for the serving version; commits before enqueueing."""
+    version = serving_version(session, model)
+    if version is None or version.status != VersionStatus.ready.value or version.purged_at:
+        raise NoReadyVersion(f"model {model.name!r} has no ready serving version")
+    refresh = {"state": "queued", "reason": reason, "queued_at": utcnow().isoformat()}
+    version.progress = {**(version.progress or {}), "refresh": refresh}
+    session.commit()
+    try:
+        enqueue(REFRESH_TASK, version.id)
+    except Exception:
+        log.exception("could not enqueue the refresh of version %s", version.id)
+    return version
+
+
+def _stale(refresh: dict[str, Any]) -> bool:
+    """Whether a queued or running refresh is old enough to count as lost."""
+    try:
+        since = datetime.fromisoformat(str(refresh.get("queued_at")))
+    except ValueError:
+        return True
+    return utcnow() - since > REFRESH_STALE
+
+
+def refresh_if_due(settings: Settings, model_id: int) -> bool:
+    """Queue a refresh when `refresh_after_erasures` erasures happened since the last one.
+
+    Called by the erasure job after its commit; a refresh already queued or running is not
+    queued again.
+    """
+    every = settings.refresh_after_erasures
+    if every <= 0:
+        return False
+    with session_factory(settings)() as session:
+        model = session.get(RegisteredModel, model_id)
+        if model is None or (model.erasures_since_refresh or 0) < every:
+            return False
+        version = serving_version(session, model)
+        pending = ((version.progress or {}).get("refresh") or {}) if version else {}
+        if pending.get("state") in ("queued", "running") and not _stale(pending):
+            return False
+        try:
+            reason = f"{model.erasures_since_refresh} erasures since the last refresh"
+            request_refresh(session, model, reason)
+        except NoReadyVersion:
+            return False
+    return True
