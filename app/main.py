@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from app.api import deletion_requests, health, models
+from app.api import benchmarks, deletion_requests, health, models
 from app.db import migrate
 from app.errors import install_error_handlers
 from app.settings import Settings, get_settings
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(deletion_requests.router)
     app.include_router(models.router)
+    app.include_router(benchmarks.router)
     return app
 
 

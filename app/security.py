@@ -8,7 +8,7 @@ import secrets
 
 from app.settings import Settings, get_settings
 
-SCOPES = ("requests:create", "requests:read", "models:admin")
+SCOPES = ("requests:create", "requests:read", "models:admin", "benchmarks:admin")
 KEY_PREFIX = "lethe_"
 
 

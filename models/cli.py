@@ -204,13 +204,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _print(payload)
 
 
-def cmd_benchmark(args: argparse.Namespace) -> None:
-    """Run the 1-SHUI protocol and write results.json, results.md and tow_vs_time.png."""
-    from models.benchmark.runner import BenchmarkConfig, run_benchmark
+def benchmark_config(args: argparse.Namespace) -> Any:
+    """The BenchmarkConfig of parsed `lethe benchmark` arguments (shared with the worker's job)."""
+    from models.benchmark.runner import BenchmarkConfig
     from models.methods import list_methods
 
     methods = list_methods() if args.methods == "all" else [m for m in args.methods.split(",") if m]
-    cfg = BenchmarkConfig(
+    return BenchmarkConfig(
         setup=_setup(args),
         requests=args.requests,
         seeds=args.seeds,
@@ -220,6 +220,13 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         rmia_augmentations=args.rmia_augs,
         rmia_population=args.rmia_population,
     )
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    """Run the 1-SHUI protocol and write results.json, results.md and tow_vs_time.png."""
+    from models.benchmark.runner import run_benchmark
+
+    cfg = benchmark_config(args)
     out = Path(args.out)
     start = time.perf_counter()
     run_benchmark(cfg, out, progress=not args.quiet)

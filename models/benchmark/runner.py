@@ -6,7 +6,7 @@ import copy
 import json
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from models.protocol import (
 
 RMIA_COLUMNS = ("rmia_auc", "rmia_tpr_at_0.01pct_fpr")
 Signals = tuple[np.ndarray, np.ndarray]
+ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,30 @@ class _Pass:
             self.rmia_seed,
             setup.train.crop_scale,
         )
+
+
+@dataclass
+class _Steps:
+    """Counts the benchmark's steps and tells a callback which one starts, and when all are done."""
+
+    total: int
+    callback: ProgressCallback | None
+    done: int = 0
+
+    def begin(self, requests: int, seed: int, step: str) -> None:
+        """Step `step` ("references" or a method name) of pass (requests, seed) starts."""
+        self._report({"requests": requests, "seed": seed, "step": step})
+        self.done += 1
+
+    def finish(self) -> None:
+        """Every step is done."""
+        self.done = self.total
+        self._report(None)
+
+    def _report(self, current: dict[str, Any] | None) -> None:
+        if self.callback is not None:
+            # `done` counts finished steps: the one starting now is not finished yet
+            self.callback({"done": self.done, "total": self.total, "current": current})
 
 
 def _rmia_columns(
@@ -242,9 +267,11 @@ def _run_pass(
     device: torch.device,
     out: Path,
     progress: bool,
+    steps: _Steps,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train both references, then evaluate them and every method; the rows and the run record."""
     setup = cfg.setup
+    steps.begin(requests, seed, "references")
     splits = make_splits(data.identities, data.keys, requests, seed)
     indices = split_indices(data, splits)
     seeded = replace(setup, train=replace(setup.train, seed=seed))
@@ -283,6 +310,7 @@ def _run_pass(
     for name in tqdm(
         cfg.methods, desc=f"methods N={requests} seed={seed}", disable=not progress, leave=False
     ):
+        steps.begin(requests, seed, name)
         row, method_configs[name] = _method_row(run, name, models, reference)
         rows.append(row)
     record = {
@@ -295,17 +323,27 @@ def _run_pass(
     return rows, record
 
 
-def run_benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Run the protocol; write results.json, results.md and tow_vs_time.png to `out`."""
+def run_benchmark(
+    cfg: BenchmarkConfig,
+    out: Path,
+    progress: bool = True,
+    on_progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Run the protocol; write results.json, results.md and tow_vs_time.png to `out`.
+
+    `on_progress` gets `{"done", "total", "current": {"requests", "seed", "step"}}` as each step
+    (a pass's references, then each method) starts, and `current` None once everything is done.
+    """
     methods = {name: get_method(name) for name in cfg.methods}  # fail before any training
     out.mkdir(parents=True, exist_ok=True)
     device = default_device()
     data = load_dataset(cfg.setup.dataset)
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
+    steps = _Steps(len(cfg.requests) * len(cfg.seeds) * (1 + len(cfg.methods)), on_progress)
     for requests in cfg.requests:
         for seed in cfg.seeds:
-            pass_rows, record = _run_pass(cfg, data, requests, seed, device, out, progress)
+            pass_rows, record = _run_pass(cfg, data, requests, seed, device, out, progress, steps)
             rows += pass_rows
             runs.append(record)
     results = {
@@ -323,4 +361,5 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, progress: bool = True) -> dic
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, out / "results.md")
     plot_tow_vs_time(results, out / "tow_vs_time.png")
+    steps.finish()
     return results

@@ -1,0 +1,178 @@
+"""Admin benchmark re-runs: validate a body, map it to `lethe benchmark` arguments, record, read."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from app.errors import ApiError
+from app.schemas import BenchmarkCreate
+from app.services.requests import KNOWN_METHODS
+from app.settings import Settings
+from app.tables import ApiClient, BenchmarkRun, BenchmarkStatus, new_id, utcnow
+
+log = logging.getLogger(__name__)
+
+BENCHMARK_TASK = "lethe.benchmark"
+# The API must not import torch to ask models.data, so it keeps this static table;
+# tests/test_benchmark_api.py checks it against the data sets.
+DATASET_TASKS: dict[str, tuple[str, ...]] = {
+    "synthfaces": ("attributes", "age"),
+    "celeba": ("attributes",),
+    "celebahq": ("attributes",),
+    "mufac": ("age",),
+}
+OPTION_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def enqueue_benchmark(run_id: str) -> str:
+    """Send the benchmark task for a run; return the Celery task id."""
+    # Imported on use: the Celery app reads the process settings and is only needed to send.
+    from worker.celery_app import enqueue
+
+    return enqueue(BENCHMARK_TASK, run_id)
+
+
+def _refuse(message: str) -> ApiError:
+    return ApiError.of("invalid_request", message)
+
+
+def _data_root(body: BenchmarkCreate, settings: Settings) -> Path | None:
+    """The resolved data-set folder, which must lie under one of the settings' data roots."""
+    if body.dataset == "synthfaces":
+        if body.data_root is not None:
+            raise _refuse("synthfaces is generated: it takes no data_root")
+        return None
+    if body.data_root is None:
+        raise ApiError.of("data_root_refused", f"data set {body.dataset!r} needs a data_root")
+    folder = Path(body.data_root).expanduser().resolve()
+    roots = [root.expanduser().resolve() for root in settings.data_roots]
+    if not any(folder.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(root) for root in roots) or "none are configured"
+        raise ApiError.of(
+            "data_root_refused", f"{body.data_root} is not under a data root ({allowed})"
+        )
+    if not folder.is_dir():
+        raise ApiError.of("data_root_refused", f"{body.data_root} is not a folder")
+    return folder
+
+
+def _methods(body: BenchmarkCreate) -> str:
+    """The `--methods` value: "all" or known, distinct method names."""
+    if body.methods == "all":
+        return "all"
+    if not body.methods:
+        raise _refuse('methods needs at least one method name, or "all"')
+    unknown = [m for m in body.methods if m not in KNOWN_METHODS]
+    if unknown:
+        raise ApiError.of(
+            "method_unknown",
+            f"unknown method(s) {', '.join(map(repr, unknown))}; known: {', '.join(KNOWN_METHODS)}",
+        )
+    if len(set(body.methods)) != len(body.methods):
+        raise _refuse("methods lists a method twice")
+    return ",".join(body.methods)
+
+
+def _sets(body: BenchmarkCreate) -> list[str]:
+    """`--set METHOD.KEY=VALUE` pairs; values as JSON, which the CLI parses back unchanged."""
+    running = KNOWN_METHODS if body.methods == "all" else body.methods
+    argv: list[str] = []
+    for method, options in body.method_options.items():
+        if method not in running:
+            raise _refuse(f"method_options names {method!r}, which this run does not include")
+        for key, value in options.items():
+            if not OPTION_KEY.match(key):
+                raise _refuse(f"method option {method}.{key} is not an option name")
+            argv += ["--set", f"{method}.{key}={json.dumps(value)}"]
+    return argv
+
+
+def _ints(name: str, values: list[int], minimum: int) -> str:
+    if any(v < minimum for v in values) or len(set(values)) != len(values):
+        raise _refuse(f"{name} must be distinct integers of at least {minimum}")
+    return ",".join(str(v) for v in values)
+
+
+def benchmark_argv(body: BenchmarkCreate, settings: Settings) -> list[str]:
+    """The `lethe benchmark` arguments (without `--out`) of a validated body."""
+    task = body.task or DATASET_TASKS[body.dataset][0]
+    if task not in DATASET_TASKS[body.dataset]:
+        raise _refuse(f"data set {body.dataset!r} has no task {task!r}")
+    if body.synth_identities is not None and body.dataset != "synthfaces":
+        raise _refuse("synth_identities applies to synthfaces only")
+    argv = ["--dataset", body.dataset]
+    root = _data_root(body, settings)
+    if root is not None:
+        argv += ["--data-root", str(root)]
+    argv += ["--task", task]
+    if body.arch is not None:
+        argv += ["--arch", body.arch]
+    argv += ["--image-size", str(body.image_size)]
+    for flag, value in (
+        ("--synth-identities", body.synth_identities),
+        ("--epochs", body.epochs),
+        ("--lr", body.lr),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += ["--requests", _ints("requests", body.requests, 1)]
+    argv += ["--seeds", _ints("seeds", body.seeds, 0)]
+    argv += ["--methods", _methods(body), *_sets(body)]
+    if body.rmia:
+        argv += ["--rmia-augs", str(body.rmia_augmentations)]
+        argv += ["--rmia-population", str(body.rmia_population)]
+    else:
+        argv.append("--no-rmia")
+    return argv
+
+
+def create_run(
+    session: Session, settings: Settings, client: ApiClient, body: BenchmarkCreate
+) -> BenchmarkRun:
+    """Validate, commit the run as queued, then send its task (record first, then enqueue)."""
+    argv = benchmark_argv(body, settings)
+    run = BenchmarkRun(
+        id=new_id(),
+        client_id=client.id,
+        status=BenchmarkStatus.queued.value,
+        params=body.model_dump(mode="json", exclude_unset=True),
+        argv=argv,
+        progress={},
+    )
+    session.add(run)
+    session.commit()
+    try:
+        run.task_id = enqueue_benchmark(run.id)
+        session.commit()
+    except Exception as exc:
+        # No sweeper re-sends benchmarks: say so on the run rather than leave it queued forever.
+        session.rollback()
+        log.exception("could not enqueue benchmark run %s", run.id)
+        run.status = BenchmarkStatus.failed.value
+        run.error = f"the task could not be queued: {exc}"
+        run.finished_at = utcnow()
+        session.commit()
+    return run
+
+
+def get_run(session: Session, run_id: str) -> BenchmarkRun:
+    """The run with this id, or a 404."""
+    run = session.get(BenchmarkRun, run_id)
+    if run is None:
+        raise ApiError.of("benchmark_not_found", f"no benchmark run has id {run_id!r}")
+    return run
+
+
+def completed_run(session: Session, run_id: str) -> BenchmarkRun:
+    """The run with this id if it completed, else a 404 or 409."""
+    run = get_run(session, run_id)
+    if run.status != BenchmarkStatus.completed.value:
+        raise ApiError.of(
+            "benchmark_not_finished", f"benchmark run {run_id} is {run.status}; no report yet"
+        )
+    return run
