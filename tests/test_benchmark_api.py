@@ -24,7 +24,6 @@ from app.settings import Settings
 from app.tables import ApiClient, BenchmarkRun, BenchmarkStatus, new_id
 from models.cli import benchmark_config, build_parser
 from models.cli import main as ml_main
-from models.data.base import FaceData
 from worker.embedded import running_services
 
 URL = "/admin/benchmarks"
@@ -246,15 +245,6 @@ def test_argv_parses_to_the_config_the_body_describes(tmp_path: Path) -> None:
     assert list(
         benchmark_config(build_parser().parse_args(["benchmark", *every, "--out", "x"])).methods
     ) == list(list_methods())
-
-
-def test_dataset_tasks_match_the_data_sets(small_faces: FaceData) -> None:
-    from models.data.registry import DATASETS, DEFAULT_TASK
-
-    assert set(benchmark_service.DATASET_TASKS) == set(DATASETS)
-    for name, tasks in benchmark_service.DATASET_TASKS.items():
-        assert tasks[0] == DEFAULT_TASK[name]
-    assert set(benchmark_service.DATASET_TASKS["synthfaces"]) == set(small_faces.tasks)
 
 
 def test_runner_reports_each_step(tmp_path: Path) -> None:

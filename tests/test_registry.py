@@ -20,10 +20,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.cli import keys_create
+from app.datasets import BUILT_IN, DATASET_TASKS, default_task
 from app.db import migrate, session_scope
 from app.main import create_app
 from app.security import identity_hash
-from app.services import checkpoint_meta, onboarding
+from app.services import checkpoint_meta
 from app.services.lifecycle import transition
 from app.services.registry import head_version, refresh_if_due, register_checkpoint
 from app.settings import Settings
@@ -133,22 +134,22 @@ def test_static_tables_match_models(tmp_path: Path) -> None:
         size = 224 if "224" in arch else 32
         network = create_model(arch, 3, size)
         assert network.get_classifier() is getattr(network, head), arch
-    assert set(onboarding.DATASET_TASKS) == set(DATASETS)
+    assert set(DATASET_TASKS) == set(DATASETS)
     folders = {
         "celeba": write_celeba_fixture(tmp_path / "celeba"),
         "celebahq": write_celebahq_fixture(tmp_path / "celebahq"),
         "mufac": write_mufac_fixture(tmp_path / "mufac"),
     }
-    for name, tasks in onboarding.DATASET_TASKS.items():
+    for name, tasks in DATASET_TASKS.items():
         root = folders.get(name)
         spec = DatasetSpec(name=name, root=None if root is None else str(root), num_identities=10)
         data = load_dataset(spec)
-        assert set(tasks) == set(data.tasks) and DEFAULT_TASK[name] in tasks, name
+        assert set(tasks) == set(data.tasks) and default_task(name) == DEFAULT_TASK[name], name
         for task, labels in tasks.items():
             if labels is not None:
                 assert labels == data.task(task).num_outputs == len(data.task(task).labels)
-    assert onboarding.DATASET_TASKS["mufac"]["age"] == len(AGE_GROUPS)
-    assert frozenset({"synthfaces"}) == onboarding.BUILT_IN
+    assert DATASET_TASKS["mufac"]["age"] == len(AGE_GROUPS)
+    assert frozenset({"synthfaces"}) == BUILT_IN
 
 
 def test_checkpoint_metadata_is_read_without_torch_objects(checkpoint_file: Path) -> None:

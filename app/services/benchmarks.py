@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from app.datasets import DATASET_TASKS, default_task
 from app.errors import ApiError
 from app.schemas import BenchmarkCreate
 from app.services.requests import KNOWN_METHODS
@@ -18,14 +19,6 @@ from app.tables import ApiClient, BenchmarkRun, BenchmarkStatus, new_id, utcnow
 log = logging.getLogger(__name__)
 
 BENCHMARK_TASK = "lethe.benchmark"
-# The API must not import torch to ask models.data, so it keeps this static table;
-# tests/test_benchmark_api.py checks it against the data sets.
-DATASET_TASKS: dict[str, tuple[str, ...]] = {
-    "synthfaces": ("attributes", "age"),
-    "celeba": ("attributes",),
-    "celebahq": ("attributes",),
-    "mufac": ("age",),
-}
 OPTION_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -100,7 +93,7 @@ def _ints(name: str, values: list[int], minimum: int) -> str:
 
 def benchmark_argv(body: BenchmarkCreate, settings: Settings) -> list[str]:
     """The `lethe benchmark` arguments (without `--out`) of a validated body."""
-    task = body.task or DATASET_TASKS[body.dataset][0]
+    task = body.task or default_task(body.dataset)
     if task not in DATASET_TASKS[body.dataset]:
         raise _refuse(f"data set {body.dataset!r} has no task {task!r}")
     if body.synth_identities is not None and body.dataset != "synthfaces":

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.datasets import BUILT_IN, DATASET_TASKS
 from app.services.checkpoint_meta import (
     KNOWN_ARCHS,
     CheckpointMeta,
@@ -24,16 +25,6 @@ from app.services.registry import PENDING, RegistryError, register_checkpoint
 from app.services.requests import find_model
 from app.settings import Settings
 from app.tables import ModelVersion
-
-# Tasks of each data set and their label counts (None: read from the data set's own files).
-# A copy of what models/data's loaders define; tests/test_registry.py checks it against them.
-DATASET_TASKS: dict[str, dict[str, int | None]] = {
-    "synthfaces": {"attributes": 17, "age": 8},
-    "celeba": {"attributes": None},
-    "celebahq": {"attributes": None},
-    "mufac": {"age": 8},
-}
-BUILT_IN = frozenset({"synthfaces"})  # generated from a seed: no folder to read
 
 
 class Refused(ValueError):
