@@ -33,6 +33,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class ArtifactStore:
     """Blobs under `root/<kind>/<sha[:2]>/<sha>`; the name is the content's SHA-256."""
 
@@ -55,11 +64,7 @@ class ArtifactStore:
 
     def put_file(self, kind: str, source: Path) -> str:
         """Copy a file into the store atomically and return its SHA-256."""
-        digest = hashlib.sha256()
-        with source.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        sha = digest.hexdigest()
+        sha = file_sha256(source)
         target = self.path(kind, sha)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)

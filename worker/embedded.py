@@ -251,7 +251,24 @@ def demo(settings: Settings, epochs: int | None = None, timeout: float = 600) ->
                 files={"portrait": ("portrait.png", portrait, "image/png")},
             )
             response.raise_for_status()
-            return wait_for_request(client, response.json()["id"], timeout)
+            result = wait_for_request(client, response.json()["id"], timeout)
+            if result["status"] == "needs_review":
+                result = approve(client, name, result, timeout)
+            return result
+
+
+def approve(
+    client: httpx.Client, model: str, request: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """Act as the reviewing admin: move `serving` to the held version; the request completes."""
+    held = request["result_version"]["version"]
+    print(
+        f"lethe demo: the guardrail held v{held} for review ({request['events'][-1]['reason']}); "
+        f"as the admin, the demo promotes it (PUT /models/{model}/aliases/serving)",
+        file=sys.stderr,
+    )
+    client.put(f"/models/{model}/aliases/serving", json={"version": held}).raise_for_status()
+    return wait_for_request(client, request["id"], timeout)
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:

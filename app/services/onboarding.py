@@ -6,7 +6,6 @@ registry then copies the file into the artifact store and queues its preparation
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from app.services.checkpoint_meta import (
 from app.services.registry import PENDING, RegistryError, register_checkpoint
 from app.services.requests import find_model
 from app.settings import Settings
+from app.storage import file_sha256
 from app.tables import ModelVersion
 
 
@@ -43,15 +43,6 @@ class DataRequest:
     data_root: str | None = None
     task: str | None = None
     split_seed: int | None = None
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _under(path: Path, folders: list[Path]) -> bool:
