@@ -1,9 +1,12 @@
-"""The erasure job (ARCHITECTURE §4): make the head version forget one identity from its portrait.
+"""The erasure job (ARCHITECTURE §4): make the head version forget a batch of identities, one
+portrait each.
 
-At-least-once delivery, exactly-once effect: a finished request is a no-op, every state change
-is fenced on the attempt that claimed the request, the per-model lease keeps one writer per
-version chain (the unique parent constraint backs it up), and the new version, its audit, the
-request's final state, the alias move and the portrait's removal from the row are one
+A job claims the request its task names plus other queued requests of the same model and method
+(a batch), erases them in one method call and writes one version. At-least-once delivery,
+exactly-once effect: a finished request is a no-op, every state change is fenced on the attempt
+that claimed each request, the per-model lease keeps one writer per version chain (the unique
+parent constraint backs it up), and the new version, the audits, the requests' final states, the
+alias move, the portraits' removal from the rows and the settling of linked duplicates are one
 transaction. The only thing a crash can leave behind is an unreferenced, content-addressed
 model file.
 """

@@ -38,7 +38,8 @@ def refresh_task(version_id: int) -> dict[str, Any]:
 
 @celery_app.task(name="lethe.erase", bind=True, max_retries=None)
 def erase_task(self: Any, request_id: str) -> dict[str, Any]:
-    """Erase one deletion request; waits its turn (retrying) while its model is leased."""
+    """Run the erasure job this request leads (with any batch it gathers); waits its turn
+    (retrying) while its model is leased."""
     from worker.erase import Busy, erase_request
 
     try:
