@@ -139,6 +139,43 @@ def test_erasure_over_http_with_a_real_worker(service_settings, tiny_checkpoint:
                 assert finals[0]["audit"]["run"]["batch_size"] == 2
 
 
+def test_a_burst_of_requests_is_erased_in_batches(service_settings, tiny_checkpoint: Path) -> None:
+    # A window longer than the burst takes to post, so every request is queued before a job runs.
+    settings = service_settings.model_copy(
+        update={
+            "guardrail_max_score_drop": 100.0,
+            "batch_max_size": 3,
+            "batch_window_seconds": 3.0,
+            "checkpoint_dirs": [tiny_checkpoint.parent],
+        }
+    )
+    people = _portraits(tiny_checkpoint, 6)
+    with running_services(settings) as services:
+        key = keys_create("it", ["requests:create", "requests:read", "models:admin"], settings)
+        with httpx.Client(
+            base_url=services.base_url, headers={"X-API-Key": key}, timeout=30
+        ) as client:
+            _register(client, tiny_checkpoint)
+            ids = [_post(client, identity, png) for identity, png in people]
+            duplicate = _post(client, *people[0])  # the first person again, still in flight
+            finals = [wait_for_request(client, request_id, 180) for request_id in ids]
+            assert [f["status"] for f in finals] == ["completed"] * 6
+            jobs = {f["batch_id"] for f in finals}
+            assert len(jobs) == 2, finals
+            by_job = {
+                job: {f["result_version"]["version"] for f in finals if f["batch_id"] == job}
+                for job in jobs
+            }
+            assert all(len(versions) == 1 for versions in by_job.values())
+            assert sorted(f["audit"]["run"]["batch_size"] for f in finals) == [3] * 6
+            follower = wait_for_request(client, duplicate, 60)
+            assert follower["status"] == "completed" and follower["linked_request_id"] == ids[0]
+            assert follower["result_version"] == finals[0]["result_version"]
+            versions = _versions(client)
+            assert len(versions) == 3 and versions[3]["erased_identities"] == 6
+            assert "serving" in versions[3]["aliases"]
+
+
 def test_metaunlearn_erasure_with_prepared_artifacts(
     service_settings: Settings, tiny_checkpoint: Path
 ) -> None:
