@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -636,6 +637,23 @@ def test_a_batch_waits_for_its_window_unless_full(
     assert load_request(settings, first).batch_id == first
     with session_for(settings) as session:
         assert len(session.get_one(ModelVersion, outcome.version_id).erased_identity_hashes) == 2
+
+
+def test_a_waiting_job_starts_as_soon_as_its_batch_is_full(
+    settings: Settings, checkpoint: Path, train_ids: list[str], sent: list[Any]
+) -> None:
+    patient = batching(settings, 2, 60.0)  # far longer than this test may take
+    onboard(patient, checkpoint)
+    first = seed_request(patient, train_ids[0])
+    outcomes: list[Any] = []
+    job = threading.Thread(target=lambda: outcomes.append(erase_request(patient, first)))
+    job.start()
+    time.sleep(0.3)
+    assert job.is_alive()  # waiting for company
+    second = seed_request(patient, train_ids[1])
+    job.join(timeout=45)
+    assert not job.is_alive() and outcomes[0].status == "completed"
+    assert load_request(patient, second).batch_id == first
 
 
 def test_only_requests_of_the_same_method_share_a_batch(

@@ -76,6 +76,7 @@ from worker.versions import LoadedVersion, load_version, method_artifacts, remem
 log = logging.getLogger(__name__)
 ACTOR = "worker"
 METHOD_ERROR = "method_error"
+WAIT_POLL_SECONDS = 0.1
 
 
 class Busy(Exception):
@@ -235,6 +236,23 @@ def batch_wait(session: Session, settings: Settings, request: DeletionRequest) -
     return min(window, max(0.0, window - (utcnow() - oldest).total_seconds()))
 
 
+def wait_for_company(
+    factory: sessionmaker[Session], settings: Settings, request_id: str, wait: float
+) -> None:
+    """Pause (at most `wait`, within the window) until the batch is full or old enough.
+
+    A short pause turns a burst of requests into a few jobs; the count is checked every
+    WAIT_POLL_SECONDS so a batch that fills up early starts at once.
+    """
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, WAIT_POLL_SECONDS))
+        with factory() as session:
+            request = session.get(DeletionRequest, request_id)
+            if request is None or batch_wait(session, settings, request) <= 0:
+                return
+
+
 def erase_request(settings: Settings, request_id: str, task_id: str | None = None) -> Outcome:
     """Run the erasure job led by `request_id` once; `task_id` is the Celery task running it.
 
@@ -266,8 +284,7 @@ def erase_request(settings: Settings, request_id: str, task_id: str | None = Non
         attempt, model_id = request.attempts, request.model_id
         wait = batch_wait(session, settings, request)
     if wait > 0:
-        # Bounded by the window: a short pause turns a burst of requests into one job.
-        time.sleep(wait)
+        wait_for_company(factory, settings, request_id, wait)
     owner = lease.owner_token(request_id, attempt)
     with factory() as session:
         if not lease.acquire(session, model_id, owner, settings.model_lock_seconds):
