@@ -199,13 +199,37 @@ def test_create_records_then_enqueues_and_report_waits(api: Api) -> None:
         assert waiting.status_code == 409 and error_code(waiting) == "benchmark_not_finished"
 
 
-def test_enqueue_failure_fails_the_run(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lost_run_is_re_sent_by_a_starting_worker_and_runs_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.benchmark import run_benchmark_job
+    from worker.sweeper import sweep
+
     def broker_down(run_id: str) -> str:
         raise ConnectionError("broker unreachable")
 
     monkeypatch.setattr(benchmark_service, "enqueue_benchmark", broker_down)
     body = api.post(TINY).json()
-    assert body["status"] == "failed" and "broker unreachable" in body["error"]
+    assert body["status"] == "queued" and body["error"] is None  # recorded; the task is not
+
+    sent: list[tuple[str, tuple[Any, ...], str | None]] = []
+    monkeypatch.setattr(
+        "worker.sweeper.enqueue",
+        lambda name, *args, task_id=None: sent.append((name, args, task_id)) or str(task_id),
+    )
+    now = api.settings.model_copy(update={"sweep_after_seconds": 0.0})
+    monkeypatch.setattr("worker.sweeper.held_tasks", lambda: None)
+    assert sweep(now).benchmarks == []  # nobody answered: it may still be in the broker
+    assert sweep(now, inspect=False).benchmarks == [body["id"]]
+    ((name, args, task_id),) = sent
+    assert (name, args) == ("lethe.benchmark", (body["id"],))
+    with session_scope(api.settings) as session:
+        assert session.get_one(BenchmarkRun, body["id"]).task_id == task_id
+    # A message under any other task id (the original, had it survived) does nothing.
+    assert (
+        run_benchmark_job(api.settings, body["id"], task_id="the-lost-one")["status"] == "skipped"
+    )
+    assert api.get(f"{URL}/{body['id']}").json()["status"] == "queued"
 
 
 # --- The body → argv → config mapping, and the static tables ------------------------------------

@@ -29,6 +29,8 @@ def _start(settings: Settings, run_id: str, task_id: str | None) -> list[str] | 
         run = session.get(BenchmarkRun, run_id)
         if run is None or run.status in TERMINAL:
             return None
+        if task_id and run.task_id and run.task_id != task_id:
+            return None  # the sweeper re-sent it under another task id
         run.status = BenchmarkStatus.running.value
         run.started_at = utcnow()
         run.task_id = task_id or run.task_id

@@ -24,6 +24,8 @@ from app.settings import Settings
 from app.storage import PortraitVault, portrait_vault
 from app.tables import (
     TERMINAL,
+    BenchmarkRun,
+    BenchmarkStatus,
     DeletionRequest,
     ModelVersion,
     RegisteredModel,
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 ACTOR = "sweeper"
 ERASE_TASK = "lethe.erase"
 PREPARE_TASK = "lethe.prepare"
+BENCHMARK_TASK = "lethe.benchmark"
 INSPECT_TIMEOUT = 1.0
 
 
@@ -49,6 +52,7 @@ class SweepReport:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     preparations: list[int] = field(default_factory=list)
+    benchmarks: list[str] = field(default_factory=list)  # benchmark runs re-sent
     settled: list[str] = field(default_factory=list)  # requests whose duplicates were settled
     portraits_destroyed: int = 0
 
@@ -193,6 +197,47 @@ def _resend_preparing(
             report.preparations.append(version_id)
 
 
+def _resend_benchmarks(
+    session: Session, settings: Settings, held: Held | None, starting: bool, report: SweepReport
+) -> None:
+    """Re-send benchmark runs still `queued` whose message went missing (same rule as above).
+
+    The run gets a new task id first, so the old message, should it still arrive, finds a task
+    id that is not its own and does nothing: a benchmark never runs twice at once.
+    """
+    if held is None and not starting:
+        return
+    cutoff = utcnow() - timedelta(seconds=settings.sweep_after_seconds)
+    stale = session.scalars(
+        select(BenchmarkRun).where(
+            BenchmarkRun.status == BenchmarkStatus.queued.value, BenchmarkRun.created_at < cutoff
+        )
+    ).all()
+    for run in stale:
+        if held is not None and run.task_id in held.ids:
+            continue
+        new_id = str(uuid.uuid4())
+        same_task = (
+            BenchmarkRun.task_id.is_(None)
+            if run.task_id is None
+            else BenchmarkRun.task_id == run.task_id
+        )
+        swapped = session.execute(
+            update(BenchmarkRun)
+            .where(
+                BenchmarkRun.id == run.id,
+                BenchmarkRun.status == BenchmarkStatus.queued.value,
+                same_task,
+            )
+            .values(task_id=new_id)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if swapped.rowcount == 1:  # type: ignore[attr-defined]
+            enqueue(BENCHMARK_TASK, run.id, task_id=new_id)
+            report.benchmarks.append(run.id)
+
+
 def _settle_orphans(session: Session, vault: PortraitVault, report: SweepReport) -> None:
     """Duplicates still linked to a finished request (a crash between the two): settle them."""
     primary = aliased(DeletionRequest)
@@ -266,6 +311,7 @@ def sweep(settings: Settings, *, inspect: bool = True) -> SweepReport:
         _resend_queued(session, settings, held, report)
         _requeue_dead(session, settings, vault, report)
         _resend_preparing(session, settings, held, not inspect, report)
+        _resend_benchmarks(session, settings, held, not inspect, report)
         _settle_orphans(session, vault, report)
         _clean_portraits(session, settings, vault, report)
     if report != SweepReport():

@@ -14,7 +14,7 @@ from app.errors import ApiError
 from app.schemas import BenchmarkCreate
 from app.services.requests import KNOWN_METHODS
 from app.settings import Settings
-from app.tables import ApiClient, BenchmarkRun, BenchmarkStatus, new_id, utcnow
+from app.tables import ApiClient, BenchmarkRun, BenchmarkStatus, new_id
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +142,10 @@ def create_run(
     try:
         run.task_id = enqueue_benchmark(run.id)
         session.commit()
-    except Exception as exc:
-        # No sweeper re-sends benchmarks: say so on the run rather than leave it queued forever.
+    except Exception:
+        # The run stays queued: a starting worker's sweep re-sends it.
         session.rollback()
-        log.exception("could not enqueue benchmark run %s", run.id)
-        run.status = BenchmarkStatus.failed.value
-        run.error = f"the task could not be queued: {exc}"
-        run.finished_at = utcnow()
-        session.commit()
+        log.exception("could not enqueue benchmark run %s; the sweeper will", run.id)
     return run
 
 
