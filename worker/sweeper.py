@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, aliased
@@ -91,6 +92,30 @@ def held_tasks(timeout: float = INSPECT_TIMEOUT) -> Held | None:
     return Held(frozenset(ids), frozenset(versions))
 
 
+def _swap_task_id(
+    session: Session,
+    table: type[DeletionRequest] | type[BenchmarkRun],
+    row: DeletionRequest | BenchmarkRun,
+    queued: str,
+    **values: Any,
+) -> str | None:
+    """Give a queued row a new task id, if nothing changed since it was read (commits).
+
+    The old message, if it still exists, then finds a task id that is not its own and does
+    nothing. Returns the new id, or None when the row moved on meanwhile.
+    """
+    new_id = str(uuid.uuid4())
+    same_task = table.task_id.is_(None) if row.task_id is None else table.task_id == row.task_id
+    swapped = session.execute(
+        update(table)
+        .where(table.id == row.id, table.status == queued, same_task)
+        .values(task_id=new_id, **values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return new_id if swapped.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
 def _resend_queued(
     session: Session, settings: Settings, held: Held | None, report: SweepReport
 ) -> None:
@@ -106,26 +131,10 @@ def _resend_queued(
     for request in stale:
         if held is not None and request.task_id in held.ids:
             continue
-        new_id = str(uuid.uuid4())
-        # Swap the task id only if nothing changed since we read the row; the old message, if it
-        # still exists, then finds a task id that is not its own and does nothing.
-        same_task = (
-            DeletionRequest.task_id.is_(None)
-            if request.task_id is None
-            else DeletionRequest.task_id == request.task_id
+        new_id = _swap_task_id(
+            session, DeletionRequest, request, RequestStatus.queued.value, updated_at=utcnow()
         )
-        swapped = session.execute(
-            update(DeletionRequest)
-            .where(
-                DeletionRequest.id == request.id,
-                DeletionRequest.status == RequestStatus.queued.value,
-                same_task,
-            )
-            .values(task_id=new_id, updated_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
-        if swapped.rowcount == 1:  # type: ignore[attr-defined]
+        if new_id is not None:
             enqueue(ERASE_TASK, request.id, task_id=new_id)
             report.resent.append(request.id)
 
@@ -216,24 +225,8 @@ def _resend_benchmarks(
     for run in stale:
         if held is not None and run.task_id in held.ids:
             continue
-        new_id = str(uuid.uuid4())
-        same_task = (
-            BenchmarkRun.task_id.is_(None)
-            if run.task_id is None
-            else BenchmarkRun.task_id == run.task_id
-        )
-        swapped = session.execute(
-            update(BenchmarkRun)
-            .where(
-                BenchmarkRun.id == run.id,
-                BenchmarkRun.status == BenchmarkStatus.queued.value,
-                same_task,
-            )
-            .values(task_id=new_id)
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
-        if swapped.rowcount == 1:  # type: ignore[attr-defined]
+        new_id = _swap_task_id(session, BenchmarkRun, run, BenchmarkStatus.queued.value)
+        if new_id is not None:
             enqueue(BENCHMARK_TASK, run.id, task_id=new_id)
             report.benchmarks.append(run.id)
 
