@@ -27,8 +27,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from models.catalog import dataset
 from models.data.base import FaceData
-from models.data.registry import DEFAULT_TASK, DatasetSpec, load_dataset
+from models.data.registry import DatasetSpec, load_dataset
 from models.data.splits import SplitIndices, make_splits, split_indices
 from models.data.torch_dataset import FaceSubset
 from models.data.transforms import test_transform
@@ -247,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device) if args.device else default_device()
     setup = ModelSetup(
         dataset=DatasetSpec(name=args.dataset, root=args.data_root),
-        task=DEFAULT_TASK.get(args.dataset, "attributes"),
+        task=dataset(args.dataset).default_task,
         arch=args.arch,
         image_size=args.image_size,
         train=TrainConfig(),

@@ -51,11 +51,9 @@ def _overrides(items: Sequence[str], *, scoped: bool) -> dict[str, Any]:
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    from models.nets import DEFAULT_ARCH
+    from models.catalog import DATASETS, DEFAULT_ARCH, DEFAULT_DATASET
 
-    parser.add_argument(
-        "--dataset", default="synthfaces", help="synthfaces, celeba, celebahq or mufac"
-    )
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help=", ".join(DATASETS))
     parser.add_argument("--data-root", help="folder of a real data set, in its published layout")
     parser.add_argument("--task", help="attributes or age (default: the data set's own task)")
     parser.add_argument("--arch", default=DEFAULT_ARCH, help="any timm architecture name")
@@ -66,7 +64,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup(args: argparse.Namespace) -> Any:
-    from models.data.registry import DEFAULT_TASK, DatasetSpec
+    from models.catalog import dataset
+    from models.data.registry import DatasetSpec
     from models.protocol import ModelSetup
     from models.train.config import TrainConfig
 
@@ -79,7 +78,7 @@ def _setup(args: argparse.Namespace) -> Any:
             image_size=args.image_size,
             num_identities=args.synth_identities,
         ),
-        task=args.task or DEFAULT_TASK.get(args.dataset, "attributes"),
+        task=args.task or dataset(args.dataset).default_task,
         arch=args.arch,
         image_size=args.image_size,
         train=replace(train, **changes),

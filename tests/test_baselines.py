@@ -15,6 +15,7 @@ from models.data import transforms
 from models.data.base import FaceData, TaskSpec
 from models.data.torch_dataset import FaceSubset
 from models.methods import PrepareData, UnlearnRequest, get_method, resolve_config
+from models.methods.common import task_loss
 from models.methods.neggrad import NegGradConfig
 from models.methods.pgu import (
     ENTROPY_WEIGHT,
@@ -25,7 +26,7 @@ from models.methods.pgu import (
     projector,
     reverse_multilabel,
 )
-from models.methods.ssd import SSDConfig, importances, task_loss
+from models.methods.ssd import SSDConfig, importances
 from models.nets import create_model, data_config
 
 MULTILABEL = TaskSpec("attributes", "multilabel", tuple(f"a{i}" for i in range(5)))

@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from models.data.base import AGE_GROUPS, DatasetError, FaceData
-from models.data.celeba import load_celeba
-from models.data.celebahq import load_celebahq
-from models.data.fixtures import (
+from fixtures_data import (
     CELEBA_ATTRIBUTES,
     write_celeba_fixture,
     write_celebahq_fixture,
     write_mufac_fixture,
 )
+
+from models.data.base import AGE_GROUPS, DatasetError, FaceData
+from models.data.celeba import load_celeba
+from models.data.celebahq import load_celebahq
 from models.data.mufac import load_mufac
 
 Writer = Callable[[Path], Path]

@@ -15,8 +15,8 @@ from models.data.base import FaceData, TaskSpec
 from models.data.splits import make_splits, split_indices
 from models.data.transforms import test_transform as make_test_transform
 from models.methods import UnlearnRequest, get_method, list_methods, resolve_config
-from models.methods.metaunlearn import (
-    MetaLoss,
+from models.methods.meta_loss import MetaLoss
+from models.methods.metaunlearn_training import (
     MetaUnlearnConfig,
     SimulatedRequest,
     alignment,

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from models.data.base import TaskSpec
 from models.methods import UnlearnRequest, get_method, list_methods, resolve_config
 from models.methods.bad_teacher import BadTeacherConfig, incompetent_teacher
-from models.methods.scrub import SCRUBConfig, distill_kl
-from models.methods.ssd import task_loss
+from models.methods.common import distill_kl, task_loss
+from models.methods.scrub import SCRUBConfig
 from models.nets import create_model
 
 MULTILABEL = TaskSpec("attributes", "multilabel", tuple(f"a{i}" for i in range(5)))

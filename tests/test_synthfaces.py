@@ -8,13 +8,8 @@ import numpy as np
 import torch
 
 from models.data.base import AGE_GROUPS, age_group
-from models.data.synthfaces import (
-    ATTRIBUTES,
-    PER_IMAGE_ATTRIBUTES,
-    SynthFaces,
-    SynthFacesConfig,
-    load_synthfaces,
-)
+from models.data.synthfaces import SynthFaces, SynthFacesConfig, load_synthfaces
+from models.data.synthfaces_traits import ATTRIBUTES, PER_IMAGE_ATTRIBUTES
 from tests.conftest import SMALL
 
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from models.catalog import DATASETS, DatasetInfo, dataset
 from models.data.base import FaceData
-from models.data.celeba import load_celeba
-from models.data.celebahq import load_celebahq
-from models.data.mufac import load_mufac
 from models.data.synthfaces import SynthFacesConfig, load_synthfaces
 
-DATASETS = ("synthfaces", "celeba", "celebahq", "mufac")
-DEFAULT_TASK = {
-    "synthfaces": "attributes",
-    "celeba": "attributes",
-    "celebahq": "attributes",
-    "mufac": "age",
-}
+DEFAULT_TASK = {name: info.default_task for name, info in DATASETS.items()}
 
 
 @dataclass(frozen=True)
@@ -35,14 +29,35 @@ class DatasetSpec:
         return asdict(self)
 
 
+def folder_loader(info: DatasetInfo) -> Callable[[Path], FaceData]:
+    """The function that reads data set `info` from its folder (its catalog `loader`)."""
+    module, _, function = info.loader.partition(":")
+    loader: Callable[[Path], FaceData] = getattr(importlib.import_module(module), function)
+    return loader
+
+
 def load_dataset(spec: DatasetSpec) -> FaceData:
-    """Load the data set `spec` describes; real data sets need `root`."""
-    if spec.name == "synthfaces":
+    """Load the data set `spec` describes; real data sets need `root`.
+
+    The loaded data must offer exactly the tasks, and label counts, that models/catalog.py lists.
+    """
+    info = dataset(spec.name)
+    if info.built_in:
         size = {} if spec.num_identities is None else {"num_identities": spec.num_identities}
-        return load_synthfaces(SynthFacesConfig(image_size=spec.image_size, seed=spec.seed, **size))
-    loaders = {"celeba": load_celeba, "celebahq": load_celebahq, "mufac": load_mufac}
-    if spec.name not in loaders:
-        raise ValueError(f"unknown data set {spec.name!r}; known: {', '.join(DATASETS)}")
-    if spec.root is None:
+        data = load_synthfaces(SynthFacesConfig(image_size=spec.image_size, seed=spec.seed, **size))
+    elif spec.root is None:
         raise ValueError(f"data set {spec.name!r} is read from disk: give its folder (--data-root)")
-    return loaders[spec.name](Path(spec.root))
+    else:
+        data = folder_loader(info)(Path(spec.root))
+    _check_tasks(info, data)
+    return data
+
+
+def _check_tasks(info: DatasetInfo, data: FaceData) -> None:
+    """The loader and the catalog agree on the tasks and their label counts."""
+    if set(data.tasks) != set(info.tasks):
+        raise ValueError(f"{info.name}: loaded tasks {sorted(data.tasks)}, not {list(info.tasks)}")
+    for name, count in info.tasks.items():
+        found = len(data.tasks[name].labels)
+        if count is not None and found != count:
+            raise ValueError(f"{info.name}/{name}: {found} labels, the catalog says {count}")

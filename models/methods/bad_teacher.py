@@ -29,8 +29,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset
 
 from models.data.base import TaskKind
 from models.methods.base import Artifacts, UnlearningMethod, UnlearnRequest
-from models.methods.registry import register_method
-from models.methods.scrub import (
+from models.methods.common import (
     Distill,
     Loader,
     distill_kl,
@@ -39,6 +38,7 @@ from models.methods.scrub import (
     seeded,
     train_epochs,
 )
+from models.methods.registry import register_method
 
 FlaggedBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -167,7 +167,6 @@ def distill_epoch(
 class BadTeacher(UnlearningMethod):
     """Bad Teacher: distil forget from a random network, retain from the original; privileged."""
 
-    needs = "support+retain"
     Config = BadTeacherConfig
 
     def unlearn(

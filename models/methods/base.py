@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from models.catalog import Needs
 from models.data.base import TaskSpec
 
-Needs = Literal["support", "support+retain"]
 Artifacts = dict[str, Any]
 
 
@@ -55,7 +55,7 @@ class UnlearningMethod(ABC):
     """An unlearning method: optional preparation at onboarding, then erasure from portraits."""
 
     name: ClassVar[str]
-    needs: ClassVar[Needs] = "support"
+    needs: ClassVar[Needs]  # set from models/catalog.py by register_method
     Config: ClassVar[type]
 
     def prepare(self, model: nn.Module, data: PrepareData, cfg: Any) -> Artifacts:

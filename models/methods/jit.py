@@ -89,7 +89,6 @@ def lipschitz_loss(
 class JiT(UnlearningMethod):
     """Lipschitz (JiT) zero-shot unlearning: needs only the support images."""
 
-    needs = "support"
     Config = JiTConfig
 
     def unlearn(

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from models.methods.base import Artifacts, UnlearningMethod, UnlearnRequest
+from models.methods.common import TargetSource, support_targets, task_loss
 from models.methods.registry import register_method
-from models.methods.ssd import TargetSource, support_targets, task_loss
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,6 @@ class NegGradConfig:
 class NegGrad(UnlearningMethod):
     """Gradient ascent on the support images' task loss: needs only the support images."""
 
-    needs = "support"
     Config = NegGradConfig
 
     def unlearn(

@@ -16,7 +16,6 @@ reference's multi-label loss.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ from torch import nn
 
 from models.data.base import TaskKind
 from models.methods.base import Artifacts, PrepareData, UnlearningMethod, UnlearnRequest
+from models.methods.common import TargetSource, cosine_lr, support_targets
 from models.methods.registry import register_method
-from models.methods.ssd import TargetSource, support_targets
 
 Covariances = dict[str, torch.Tensor]
 MARGIN = 0.05  # keeps log(1 − p + margin) finite when p → 1 (reference value)
@@ -196,11 +195,6 @@ def retain_projectors(
     }
 
 
-def cosine_lr(base: float, epoch: int, epochs: int) -> float:
-    """Cosine-annealed learning rate of `epoch` (stepped per epoch, to 0 after the last)."""
-    return base * (1 + math.cos(math.pi * epoch / epochs)) / 2
-
-
 def projected_steps(
     model: nn.Module,
     request: UnlearnRequest,
@@ -229,7 +223,6 @@ def projected_steps(
 class PGU(UnlearningMethod):
     """Projected Gradient Unlearning: needs the support images and prepared covariances."""
 
-    needs = "support"
     Config = PGUConfig
 
     def prepare(self, model: nn.Module, data: PrepareData, cfg: PGUConfig) -> Artifacts:

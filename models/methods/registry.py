@@ -8,6 +8,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any, TypeVar
 
+from models.catalog import METHODS
 from models.methods.base import UnlearningMethod
 
 _METHODS: dict[str, type[UnlearningMethod]] = {}
@@ -15,12 +16,22 @@ M = TypeVar("M", bound=type[UnlearningMethod])
 
 
 def register_method(name: str) -> Callable[[M], M]:
-    """Class decorator that makes a method available as `name`."""
+    """Class decorator that makes a method available as `name`, as models.catalog lists it.
+
+    The catalog says what the method needs and whether it prepares; the class must agree (a
+    `prepare` of its own exactly when the catalog says it prepares).
+    """
 
     def wrap(cls: M) -> M:
         if name in _METHODS:
             raise ValueError(f"unlearning method {name!r} is already registered")
+        info = METHODS.get(name)
+        if info is None:
+            raise ValueError(f"unlearning method {name!r} is not in models/catalog.py")
+        if (cls.prepare is not UnlearningMethod.prepare) != info.prepares:
+            raise ValueError(f"{name}: its prepare() disagrees with the catalog ({info.prepares})")
         cls.name = name
+        cls.needs = info.needs
         _METHODS[name] = cls
         return cls
 

@@ -18,26 +18,24 @@ Bernoulli distributions on multi-label tasks instead. On multi-class tasks both 
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from models.data.base import TaskKind
 from models.methods.base import Artifacts, UnlearningMethod, UnlearnRequest
-from models.methods.pgu import cosine_lr
+from models.methods.common import (
+    Distill,
+    Loader,
+    distill_kl,
+    frozen_copy,
+    require_data,
+    task_loss,
+    train_epochs,
+)
 from models.methods.registry import register_method
-from models.methods.ssd import task_loss
-
-Distill = Literal["softmax", "sigmoid"]
-Loader = DataLoader[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -56,88 +54,6 @@ class SCRUBConfig:
     distill: Distill = "softmax"  # reference: softmax over all outputs, even multi-label ones
     max_steps_per_epoch: int | None = None  # cap on the batches of each pass
     seed: int = 0
-
-
-def require_data(request: UnlearnRequest, method: str) -> tuple[Loader, Loader]:
-    """The request's forget and retain loaders, or a ValueError naming the missing ones."""
-    forget, retain = request.forget, request.retain
-    if forget is None or retain is None:
-        missing = [name for name, data in (("forget", forget), ("retain", retain)) if data is None]
-        raise ValueError(
-            f"{method} is a privileged method and needs the request's "
-            f"{' and '.join(missing)} data; none was given"
-        )
-    return forget, retain
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A gradient-free copy of `model` in eval mode."""
-    return copy.deepcopy(model).eval().requires_grad_(False)
-
-
-@contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Run the block with the global RNGs seeded, restoring their previous states afterwards."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def sgd(params: list[nn.Parameter], lr: float, momentum: float, wd: float) -> torch.optim.SGD:
-    """The reference optimiser: SGD with momentum and weight decay."""
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every parameter group's learning rate."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def train_epochs(
-    model: nn.Module,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    epochs: int,
-    seed: int,
-    run_epoch: Callable[[int, torch.optim.SGD], None],
-) -> nn.Module:
-    """Seeded SGD epochs in train mode with a cosine learning rate; the model ends in eval mode."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = sgd(params, lr, momentum, weight_decay)
-    with seeded(seed, params[0].device):
-        model.train()
-        for epoch in range(epochs):
-            set_lr(opt, cosine_lr(lr, epoch, epochs))
-            run_epoch(epoch, opt)
-    opt.zero_grad(set_to_none=True)
-    return model.eval()
-
-
-def distill_kl(
-    kind: TaskKind,
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    temperature: float,
-    mode: Distill,
-) -> torch.Tensor:
-    """Batch-mean KL(teacher‖student) between the temperature-scaled output distributions.
-
-    `F.kl_div(log student, teacher)` as in the references; "sigmoid" on a multi-label task sums the
-    per-attribute Bernoulli KLs (the KL of their product distribution).
-    """
-    if mode not in ("softmax", "sigmoid"):
-        raise ValueError(f"unknown distill mode {mode!r}; expected 'softmax' or 'sigmoid'")
-    s, t = student.float() / temperature, teacher.float() / temperature
-    if mode == "sigmoid" and kind == "multilabel":
-        p_t = torch.sigmoid(t)
-        per_attribute = p_t * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p_t) * (
-            F.logsigmoid(-t) - F.logsigmoid(-s)
-        )
-        return per_attribute.sum(dim=1).mean()
-    return F.kl_div(s.log_softmax(dim=1), t.softmax(dim=1), reduction="batchmean")
 
 
 def max_step(
@@ -189,7 +105,6 @@ def min_step(
 class SCRUB(UnlearningMethod):
     """SCRUB: alternating max/min distillation steps; needs the full forget and retain data."""
 
-    needs = "support+retain"
     Config = SCRUBConfig
 
     def unlearn(

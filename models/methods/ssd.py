@@ -15,17 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from models.data.base import TaskKind
 from models.methods.base import Artifacts, PrepareData, UnlearningMethod, UnlearnRequest
+from models.methods.common import TargetSource, support_targets, task_loss
 from models.methods.registry import register_method
-from models.metrics.scores import per_sample_loss, predicted_targets
 
-TargetSource = Literal["given", "pseudo"]
 Importances = dict[str, torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -38,32 +36,6 @@ class SSDConfig:
     selection_weighting: float = 10.0  # α
     batch_size: int = 128
     targets: TargetSource = "pseudo"  # production portraits come without labels
-
-
-def task_loss(kind: TaskKind, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Batch-mean task loss: BCE-with-logits (multi-label) or cross-entropy (multi-class)."""
-    return per_sample_loss(kind, logits, targets).mean()
-
-
-@torch.no_grad()
-def pseudo_labels(model: nn.Module, kind: TaskKind, images: torch.Tensor) -> torch.Tensor:
-    """The model's own decisions on `images`: logit > 0 per attribute, or the argmax class."""
-    return predicted_targets(kind, model(images))
-
-
-def support_targets(
-    model: nn.Module, request: UnlearnRequest, source: TargetSource
-) -> torch.Tensor:
-    """Targets of the support images: the request's labels or the model's pseudo-labels."""
-    device = next(model.parameters()).device
-    if source == "given":
-        if request.targets is None:
-            raise ValueError("targets='given' but the request carries no targets")
-        return request.targets.to(device)
-    if source != "pseudo":
-        raise ValueError(f"unknown targets source {source!r}; expected 'given' or 'pseudo'")
-    model.eval()
-    return pseudo_labels(model, request.task.kind, request.images.to(device))
 
 
 def rebatch(batches: Iterable[Batch], size: int) -> Iterator[Batch]:
@@ -126,7 +98,6 @@ def dampen(
 class SSD(UnlearningMethod):
     """Selective Synaptic Dampening: needs the support images and prepared importances."""
 
-    needs = "support"
     Config = SSDConfig
 
     def prepare(self, model: nn.Module, data: PrepareData, cfg: SSDConfig) -> Artifacts:

@@ -8,15 +8,10 @@ import timm
 import torch
 from torch import nn
 
-# Architectures exercised by the tests and benchmarks; any other timm name also works.
-KNOWN_ARCHS = (
-    "test_resnet",
-    "resnet10t",
-    "resnet18",
-    "vit_tiny_patch16_224",
-    "vit_base_patch16_224",
-)
-DEFAULT_ARCH = "test_resnet"
+from models.catalog import ARCHITECTURES, DEFAULT_ARCH
+
+KNOWN_ARCHS = tuple(ARCHITECTURES)  # exercised by tests and benchmarks; any timm name also works
+__all__ = ["DEFAULT_ARCH", "KNOWN_ARCHS", "create_model", "data_config", "features_and_logits"]
 
 
 def _is_vit(arch: str) -> bool:
@@ -40,17 +35,33 @@ def create_model(
     if _is_vit(arch):
         kwargs.setdefault("img_size", image_size)
     if weights is None:
-        return timm.create_model(arch, pretrained=False, num_classes=num_outputs, **kwargs)
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    return timm.create_model(
-        arch,
-        pretrained=True,
-        pretrained_cfg_overlay={"file": str(path)},
-        num_classes=num_outputs,
-        **kwargs,
-    )
+        model = timm.create_model(arch, pretrained=False, num_classes=num_outputs, **kwargs)
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} does not exist")
+        model = timm.create_model(
+            arch,
+            pretrained=True,
+            pretrained_cfg_overlay={"file": str(path)},
+            num_classes=num_outputs,
+            **kwargs,
+        )
+    _check_head(arch, model)
+    return model
+
+
+def classifier_name(model: nn.Module) -> str:
+    """The name of the network's classifier module, as timm declares it."""
+    return str(model.pretrained_cfg["classifier"])  # type: ignore[index]
+
+
+def _check_head(arch: str, model: nn.Module) -> None:
+    """A catalogued architecture's classifier is where models/catalog.py says (app reads it)."""
+    info = ARCHITECTURES.get(arch)
+    found = classifier_name(model)
+    if info is not None and found != info.head:
+        raise ValueError(f"{arch}: timm's classifier is {found!r}, the catalog says {info.head!r}")
 
 
 def features_and_logits(
