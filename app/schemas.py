@@ -7,6 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.catalog import DATASETS, DEFAULT_DATASET
+
+# OpenAPI enums from the catalog (models/catalog.py imports no torch).
+DATASET_NAMES = tuple(DATASETS)
+TASK_NAMES = tuple(dict.fromkeys(task for d in DATASETS.values() for task in d.tasks))
+DatasetName = Literal[DATASET_NAMES]  # type: ignore[valid-type]
+TaskName = Literal[TASK_NAMES]  # type: ignore[valid-type]
+
 
 class ErrorDetail(BaseModel):
     """A stable machine-readable code and a human-readable message."""
@@ -166,13 +174,13 @@ class RegisterModel(BaseModel):
     sha256: str | None = Field(
         default=None, pattern=r"^[0-9a-f]{64}$", description="Refused if the file differs."
     )
-    dataset: Literal["synthfaces", "celeba", "celebahq", "mufac"] | None = Field(
+    dataset: DatasetName | None = Field(
         default=None, description="Default: the checkpoint's own data set."
     )
     data_root: str | None = Field(
         default=None, max_length=4096, description="Real data sets: under `LETHE_DATA_ROOTS`."
     )
-    task: Literal["attributes", "age"] | None = Field(
+    task: TaskName | None = Field(
         default=None, description="Default: the checkpoint's task."
     )
     split_seed: int | None = Field(default=None, description="Default: the checkpoint's splits.")
@@ -258,7 +266,6 @@ class Readiness(BaseModel):
     checks: dict[str, Check]
 
 
-BenchmarkDataset = Literal["synthfaces", "celeba", "celebahq", "mufac"]
 OptionValue = bool | int | float | str
 
 
@@ -267,14 +274,14 @@ class BenchmarkCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: BenchmarkDataset = "synthfaces"
+    dataset: DatasetName = DEFAULT_DATASET
     data_root: str | None = Field(
         default=None,
         min_length=1,
         max_length=4096,
         description="`--data-root`: the folder of a real data set, under `LETHE_DATA_ROOTS`.",
     )
-    task: Literal["attributes", "age"] | None = Field(
+    task: TaskName | None = Field(
         default=None, description="`--task`; default: the data set's own task."
     )
     arch: str | None = Field(

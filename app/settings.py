@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     broker_url: str | None = None  # default: SQLite-backed kombu broker in data_dir
     result_backend: str | None = None
     artifact_dir: Path | None = None  # default: data_dir/artifacts
+    staging_dir: Path | None = None  # default: data_dir/incoming (uploads before checks)
     broker_polling_interval: float = 0.1  # SQL broker only: seconds between polls
 
     identity_secret: str = Field(default="dev-identity-secret-change-me", min_length=16)
@@ -84,6 +85,12 @@ class Settings(BaseSettings):
     def resolved_artifact_dir(self) -> Path:
         """Where model versions, audit kits and encrypted portraits are stored."""
         return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def resolved_staging_dir(self) -> Path:
+        """Local scratch where uploads wait to be checked; not part of the blob store."""
+        return (self.staging_dir or self.data_dir / "incoming").resolve()
 
 
 @lru_cache

@@ -1,36 +1,25 @@
-"""Artifact storage: a local folder, content-addressed by SHA-256, written atomically.
+"""Artifacts and portraits over the blob store (app/blobs.py).
 
-Portraits are encrypted at rest (Fernet) and destroyed when their request ends; only the SHA-256 of
-the plain image is kept.
+Artifacts are content-addressed: a blob's name is its SHA-256, checked on every read. Portraits
+are encrypted at rest (Fernet), addressed by a random token, and destroyed when their request
+ends; only the SHA-256 of the plain image is kept.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
-import shutil
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography.fernet import Fernet
 
+from app.blobs import BlobStore, LocalBlobStore
 from app.settings import Settings, get_settings
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+PORTRAITS = "portraits"
 
 
 def file_sha256(path: Path) -> str:
@@ -42,74 +31,76 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _check_sha(sha256: str) -> str:
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+    return sha256
+
+
 class ArtifactStore:
-    """Blobs under `root/<kind>/<sha[:2]>/<sha>`; the name is the content's SHA-256."""
+    """Blobs under `<kind>/<sha[:2]>/<sha>`; the name is the content's SHA-256."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
 
-    def path(self, kind: str, sha256: str) -> Path:
-        """Where the blob with this hash lives (whether or not it exists)."""
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
-        return self.root / kind / sha256[:2] / sha256
+    @staticmethod
+    def key(kind: str, sha256: str) -> str:
+        """The blob key of an artifact (whether or not it exists)."""
+        return f"{kind}/{sha256[:2]}/{_check_sha(sha256)}"
 
     def put_bytes(self, kind: str, data: bytes) -> str:
         """Store `data` (idempotent) and return its SHA-256."""
         sha = hashlib.sha256(data).hexdigest()
-        target = self.path(kind, sha)
-        if not target.exists():
-            _atomic_write(target, data)
+        key = self.key(kind, sha)
+        if not self.blobs.exists(key):
+            self.blobs.write(key, data)
         return sha
 
     def put_file(self, kind: str, source: Path) -> str:
         """Copy a file into the store atomically and return its SHA-256."""
         sha = file_sha256(source)
-        target = self.path(kind, sha)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-            os.close(fd)
-            try:
-                shutil.copyfile(source, tmp)
-                with open(tmp, "rb+") as handle:
-                    os.fsync(handle.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        key = self.key(kind, sha)
+        if not self.blobs.exists(key):
+            self.blobs.write_file(key, source)
         return sha
 
     def read(self, kind: str, sha256: str) -> bytes:
         """The blob's bytes, verified against its name."""
-        data = self.path(kind, sha256).read_bytes()
+        data = self.blobs.read(self.key(kind, sha256))
         if hashlib.sha256(data).hexdigest() != sha256:
             raise ValueError(f"artifact {kind}/{sha256} is corrupt")
         return data
 
+    @contextlib.contextmanager
+    def local_copy(self, kind: str, sha256: str) -> Iterator[Path]:
+        """A local file with the artifact's bytes (the reader checks them against the name)."""
+        with self.blobs.local_copy(self.key(kind, sha256)) as path:
+            yield path
+
     def exists(self, kind: str, sha256: str) -> bool:
         """Whether the blob is present."""
-        return self.path(kind, sha256).is_file()
+        return self.blobs.exists(self.key(kind, sha256))
 
     def delete(self, kind: str, sha256: str) -> None:
         """Remove the blob if present."""
-        self.path(kind, sha256).unlink(missing_ok=True)
+        self.blobs.delete(self.key(kind, sha256))
 
 
 class PortraitVault:
     """Encrypted portraits, addressed by a random token (not their hash, which is public)."""
 
-    def __init__(self, root: Path, key: bytes) -> None:
-        self.root = root
+    def __init__(self, blobs: BlobStore, key: bytes) -> None:
+        self.blobs = blobs
         self.fernet = Fernet(key)
 
     def put(self, data: bytes) -> tuple[str, str]:
         """Encrypt and store a portrait; return (SHA-256 of the plain bytes, storage URI)."""
         token = os.urandom(16).hex()
-        _atomic_write(self.root / token, self.fernet.encrypt(data))
+        self.blobs.write(f"{PORTRAITS}/{token}", self.fernet.encrypt(data))
         return hashlib.sha256(data).hexdigest(), f"portrait:{token}"
 
-    def _path(self, uri: str) -> Path:
+    @staticmethod
+    def _key(uri: str) -> str:
         scheme, _, token = uri.partition(":")
         if (
             scheme != "portrait"
@@ -117,19 +108,28 @@ class PortraitVault:
             or any(c not in "0123456789abcdef" for c in token)
         ):
             raise ValueError(f"not a portrait URI: {uri!r}")
-        return self.root / token
+        return f"{PORTRAITS}/{token}"
 
     def read(self, uri: str) -> bytes:
         """Decrypt a stored portrait."""
-        return self.fernet.decrypt(self._path(uri).read_bytes())
+        return self.fernet.decrypt(self.blobs.read(self._key(uri)))
 
     def exists(self, uri: str) -> bool:
         """Whether the portrait is still stored."""
-        return self._path(uri).is_file()
+        return self.blobs.exists(self._key(uri))
 
     def destroy(self, uri: str) -> None:
         """Delete the portrait (idempotent)."""
-        self._path(uri).unlink(missing_ok=True)
+        self.blobs.delete(self._key(uri))
+
+    def stored(self) -> Iterator[tuple[str, float]]:
+        """Every stored portrait's URI and when it was written."""
+        for blob in self.blobs.list(PORTRAITS):
+            yield f"portrait:{blob.key.rpartition('/')[2]}", blob.modified
+
+    def remove_partial_writes(self, older_than: float) -> int:
+        """Delete portrait writes a crash interrupted before `older_than`; how many."""
+        return self.blobs.remove_partial_writes(PORTRAITS, older_than)
 
 
 def storage_key(settings: Settings) -> bytes:
@@ -140,12 +140,17 @@ def storage_key(settings: Settings) -> bytes:
     return base64.urlsafe_b64encode(digest)
 
 
+def blob_store(settings: Settings | None = None) -> BlobStore:
+    """The configured blob store (the local folder `resolved_artifact_dir`)."""
+    return LocalBlobStore((settings or get_settings()).resolved_artifact_dir)
+
+
 def artifact_store(settings: Settings | None = None) -> ArtifactStore:
     """The configured artifact store."""
-    return ArtifactStore((settings or get_settings()).resolved_artifact_dir)
+    return ArtifactStore(blob_store(settings))
 
 
 def portrait_vault(settings: Settings | None = None) -> PortraitVault:
     """The configured portrait vault."""
     settings = settings or get_settings()
-    return PortraitVault(settings.resolved_artifact_dir / "portraits", storage_key(settings))
+    return PortraitVault(blob_store(settings), storage_key(settings))

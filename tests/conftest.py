@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from api_client import FakeQueue
 from services import (
     create_postgres_database,
     drop_postgres_database,
@@ -73,3 +74,36 @@ def migrated_settings(service_settings: Settings) -> Settings:
 def sqlite_settings(tmp_path: Path) -> Settings:
     """Settings of the embedded default: SQLite database and SQL broker under tmp_path."""
     return make_settings(tmp_path)
+
+
+# --- The queue: tasks captured where app/queue.py would send them -------------------------------
+
+
+@pytest.fixture
+def fake_queue(monkeypatch: pytest.MonkeyPatch) -> FakeQueue:
+    """Tasks sent through app/queue.py, captured instead of reaching a broker."""
+    queue = FakeQueue()
+    monkeypatch.setattr("app.queue.send", queue.send)
+    monkeypatch.setattr("app.queue.revoke", queue.revoked.append)
+    return queue
+
+
+# --- One fixture for "on each database backend" ------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database backend a test runs on: the embedded SQLite default, and real PostgreSQL."""
+    return str(request.param)
+
+
+@pytest.fixture
+def backend_settings(backend: str, request: pytest.FixtureRequest) -> Settings:
+    """Settings of a database migrated to head, on each backend, with files under tmp_path."""
+    if backend == "postgres":
+        return request.getfixturevalue("migrated_settings")
+    from app.db import migrate
+
+    settings: Settings = request.getfixturevalue("sqlite_settings")
+    migrate(settings)
+    return settings

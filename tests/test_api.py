@@ -8,12 +8,12 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from api_client import FakeQueue, KeyedClient, error_code
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
@@ -22,9 +22,9 @@ import app.services.requests as request_service
 from app.api import health
 from app.api.deletion_requests import FORM_OVERHEAD
 from app.cli import keys_create
-from app.db import migrate, session_scope
-from app.errors import ERROR_CODES
+from app.db import session_scope
 from app.main import create_app
+from app.queue import ERASE
 from app.security import identity_hash
 from app.settings import Settings, get_settings
 from app.storage import portrait_vault
@@ -40,6 +40,7 @@ from app.tables import (
     VersionStatus,
     utcnow,
 )
+from models.catalog import METHODS
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_BYTES = 100_000
@@ -48,15 +49,18 @@ MAX_IDENTITY = 32
 IDENTITIES = [f"person-{i}" for i in range(1, 7)]
 
 
-@dataclass
-class Api:
-    """A test client on a fresh app, its settings, keys by role and the faked broker calls."""
+class Api(KeyedClient):
+    """The API client with deletion-request helpers; the writer key by default."""
 
-    client: TestClient
-    settings: Settings
-    keys: dict[str, str]
-    enqueued: list[str] = field(default_factory=list)
-    revoked: list[str] = field(default_factory=list)
+    @property
+    def enqueued(self) -> list[str]:
+        """Requests whose erase task was sent."""
+        return self.queue.ids(ERASE)
+
+    @property
+    def revoked(self) -> list[str]:
+        """Task ids revoked."""
+        return self.queue.revoked
 
     def submit(
         self,
@@ -84,7 +88,7 @@ class Api:
 
     def get(self, path: str, key: str = "writer", **params: Any) -> httpx.Response:
         """GET with an API key."""
-        return self.client.get(path, headers={"X-API-Key": self.keys[key]}, params=params)
+        return super().get(path, key, **params)
 
 
 def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (48, 48)) -> bytes:
@@ -141,15 +145,10 @@ def seed_models(settings: Settings) -> None:
             )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def api_settings(request: pytest.FixtureRequest) -> Settings:
+@pytest.fixture
+def api_settings(backend_settings: Settings) -> Settings:
     """Migrated settings on each backend, with small limits so tests stay fast."""
-    if request.param == "postgres":
-        base: Settings = request.getfixturevalue("migrated_settings")
-    else:
-        base = request.getfixturevalue("sqlite_settings")
-        migrate(base)
-    return base.model_copy(
+    return backend_settings.model_copy(
         update={
             "max_portrait_bytes": MAX_BYTES,
             "max_portrait_pixels": MAX_PIXELS,
@@ -159,7 +158,7 @@ def api_settings(request: pytest.FixtureRequest) -> Settings:
 
 
 @pytest.fixture
-def api(api_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+def api(api_settings: Settings, fake_queue: FakeQueue) -> Iterator[Api]:
     """The app with its lifespan (migrations) run, seeded models and keys for each role."""
     seed_models(api_settings)
     keys = {
@@ -169,25 +168,7 @@ def api(api_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api
         "admin": keys_create("admin", ["models:admin"], api_settings),
     }
     with TestClient(create_app(api_settings)) as client:
-        state = Api(client, api_settings, keys)
-
-        def enqueue(request_id: str) -> str:
-            state.enqueued.append(request_id)
-            return f"task-{len(state.enqueued)}"
-
-        monkeypatch.setattr(request_service, "enqueue_erase", enqueue)
-        monkeypatch.setattr(request_service, "revoke_task", state.revoked.append)
-        yield state
-
-
-def error_code(response: httpx.Response) -> str:
-    """The `error.code` of an error answer (and check the shape)."""
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["message"]
-    code: str = body["error"]["code"]
-    assert ERROR_CODES[code].status == response.status_code
-    return code
+        yield Api(client, api_settings, keys, fake_queue)
 
 
 def stored_portraits(settings: Settings) -> list[Path]:
@@ -255,11 +236,8 @@ def test_create_records_then_enqueues(api: Api) -> None:
     assert body["portrait_sha256"] == row.portrait_sha256
 
 
-def test_enqueue_failure_leaves_request_queued(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broker_down(request_id: str) -> str:
-        raise ConnectionError("broker unreachable")
-
-    monkeypatch.setattr(request_service, "enqueue_erase", broker_down)
+def test_enqueue_failure_leaves_request_queued(api: Api) -> None:
+    api.queue.down = True
     response = api.submit(portrait=PNG)
     assert response.status_code == 202
     (row,) = request_rows(api.settings)
@@ -343,19 +321,11 @@ def test_oversize_body_without_length_is_cut_off(api: Api) -> None:
     assert_nothing_stored(api)
 
 
-def test_privileged_method_is_not_allowed(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(request_service.METHOD_NEEDS, "finetune", "support+retain")
-    response = api.submit(portrait=PNG, method="finetune")
+@pytest.mark.parametrize("method", [m for m, info in METHODS.items() if not info.serves_requests])
+def test_privileged_method_is_not_allowed(api: Api, method: str) -> None:
+    response = api.submit(portrait=PNG, method=method)
     assert response.status_code == 422 and error_code(response) == "method_not_allowed"
     assert_nothing_stored(api)
-
-
-def test_known_methods_match_the_worker_registry() -> None:
-    from models.methods import get_method, list_methods
-
-    assert set(request_service.METHOD_NEEDS) == set(list_methods())
-    for name, needs in request_service.METHOD_NEEDS.items():
-        assert get_method(name).needs == needs
 
 
 def test_idempotent_replay_returns_the_first_answer(api: Api) -> None:
@@ -642,11 +612,8 @@ def test_models_and_versions(api: Api) -> None:
     assert missing.status_code == 404 and error_code(missing) == "model_not_found"
 
 
-def test_register_model(api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.services.registry as registry
-
-    sent: list[tuple[str, tuple[object, ...]]] = []
-    monkeypatch.setattr(registry, "enqueue", lambda name, *args, **_: sent.append((name, args)))
+def test_register_model(api: Api, tmp_path: Path) -> None:
+    sent = api.queue.sent
     from checkpoints import write_checkpoint
 
     headers = {"X-API-Key": api.keys["admin"]}

@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from api_client import FakeQueue, KeyedClient, error_code
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 import app.services.benchmarks as benchmark_service
 from app.cli import keys_create
 from app.db import session_scope
-from app.errors import ERROR_CODES
 from app.main import create_app
+from app.queue import BENCHMARK
 from app.schemas import BenchmarkCreate
 from app.settings import Settings
 from app.tables import ApiClient, BenchmarkRun, BenchmarkStatus, new_id
@@ -39,22 +39,21 @@ TINY = {
 }
 
 
-@dataclass
-class Api:
-    """A test client on a fresh app, its settings, keys by role and the faked broker calls."""
+class Api(KeyedClient):
+    """The API client with benchmark helpers; the benchmark admin key by default."""
 
-    client: TestClient
-    settings: Settings
-    keys: dict[str, str]
-    enqueued: list[str] = field(default_factory=list)
+    @property
+    def enqueued(self) -> list[str]:
+        """Benchmark runs whose task was sent."""
+        return self.queue.ids(BENCHMARK)
 
     def post(self, body: dict[str, Any], key: str = "admin") -> httpx.Response:
         """POST /admin/benchmarks."""
-        return self.client.post(URL, json=body, headers={"X-API-Key": self.keys[key]})
+        return self.call("POST", URL, key, json=body)
 
-    def get(self, path: str, key: str = "admin") -> httpx.Response:
+    def get(self, path: str, key: str = "admin", **params: Any) -> httpx.Response:
         """GET with an API key."""
-        return self.client.get(path, headers={"X-API-Key": self.keys[key]})
+        return super().get(path, key, **params)
 
 
 @pytest.fixture
@@ -66,9 +65,7 @@ def data_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def api(
-    migrated_settings: Settings, data_root: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Api]:
+def api(migrated_settings: Settings, data_root: Path, fake_queue: FakeQueue) -> Iterator[Api]:
     """The app on migrated Postgres, a benchmark admin key, a models admin key, faked enqueue."""
     settings = migrated_settings.model_copy(update={"data_roots": [data_root]})
     keys = {
@@ -76,23 +73,7 @@ def api(
         "models": keys_create("models", ["models:admin", "requests:read"], settings),
     }
     with TestClient(create_app(settings)) as client:
-        state = Api(client, settings, keys)
-
-        def enqueue(run_id: str) -> str:
-            state.enqueued.append(run_id)
-            return f"task-{len(state.enqueued)}"
-
-        monkeypatch.setattr(benchmark_service, "enqueue_benchmark", enqueue)
-        yield state
-
-
-def error_code(response: httpx.Response) -> str:
-    """The `error.code` of an error answer (and check the shape and status)."""
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    code: str = body["error"]["code"]
-    assert ERROR_CODES[code].status == response.status_code
-    return code
+        yield Api(client, settings, keys, fake_queue)
 
 
 def run_count(settings: Settings) -> int:
@@ -205,18 +186,12 @@ def test_a_lost_run_is_re_sent_by_a_starting_worker_and_runs_once(
     from worker.benchmark import run_benchmark_job
     from worker.sweeper import sweep
 
-    def broker_down(run_id: str) -> str:
-        raise ConnectionError("broker unreachable")
-
-    monkeypatch.setattr(benchmark_service, "enqueue_benchmark", broker_down)
+    api.queue.down = True
     body = api.post(TINY).json()
     assert body["status"] == "queued" and body["error"] is None  # recorded; the task is not
 
-    sent: list[tuple[str, tuple[Any, ...], str | None]] = []
-    monkeypatch.setattr(
-        "worker.sweeper.enqueue",
-        lambda name, *args, task_id=None: sent.append((name, args, task_id)) or str(task_id),
-    )
+    api.queue.down = False
+    sent = api.queue.sent
     now = api.settings.model_copy(update={"sweep_after_seconds": 0.0})
     monkeypatch.setattr("worker.sweeper.held_tasks", lambda: None)
     assert sweep(now).benchmarks == []  # nobody answered: it may still be in the broker

@@ -61,22 +61,18 @@ def inspect_database(url: str) -> tuple[set[str], str | None, list[object]]:
         engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty database on each backend."""
-    if request.param == "sqlite":
+    if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'db' / 'lethe.db'}"
-    return request.getfixturevalue("pg_database")
+    return str(request.getfixturevalue("pg_database"))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def migrated(request: pytest.FixtureRequest) -> Settings:
+@pytest.fixture
+def migrated(backend_settings: Settings) -> Settings:
     """Settings of a database migrated to head, on each backend."""
-    if request.param == "sqlite":
-        settings: Settings = request.getfixturevalue("sqlite_settings")
-        migrate(settings)
-        return settings
-    return request.getfixturevalue("migrated_settings")
+    return backend_settings
 
 
 # --- migrations -----------------------------------------------------------------------------

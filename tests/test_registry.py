@@ -9,24 +9,25 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from api_client import FakeQueue, KeyedClient
 from checkpoints import write_checkpoint
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.cli import keys_create
-from app.datasets import BUILT_IN, DATASET_TASKS, default_task
-from app.db import migrate, session_scope
+from app.db import session_scope
 from app.main import create_app
 from app.security import identity_hash
 from app.services import checkpoint_meta
 from app.services.lifecycle import transition
-from app.services.registry import head_version, refresh_if_due, register_checkpoint
+from app.services.lookup import head_version
+from app.services.registry import refresh_if_due, register_checkpoint
 from app.settings import Settings
 from app.storage import artifact_store
 from app.tables import (
@@ -38,11 +39,6 @@ from app.tables import (
     RequestStatus,
     VersionStatus,
 )
-from models.data.base import AGE_GROUPS
-from models.data.fixtures import write_celeba_fixture, write_celebahq_fixture, write_mufac_fixture
-from models.data.registry import DATASETS, DEFAULT_TASK, DatasetSpec, load_dataset
-from models.nets import create_model
-from models.nets.factory import KNOWN_ARCHS
 from models.train.checkpoint import load_checkpoint
 from worker.prepare import prepare_version
 from worker.refresh import refresh_version
@@ -50,28 +46,23 @@ from worker.refresh import refresh_version
 MODEL = "faces"
 
 
-@dataclass
-class Api:
-    """A test client, its settings, keys by role and the tasks sent instead of a broker."""
+class Api(KeyedClient):
+    """The API client with the admin key by default; `sent` lists (task, args) pairs."""
 
-    client: TestClient
-    settings: Settings
-    keys: dict[str, str]
-    sent: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    @property
+    def sent(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """Tasks sent, without their task ids."""
+        return [(name, args) for name, args, _ in self.queue.sent]
 
     def call(self, method: str, path: str, key: str = "admin", **kwargs: Any) -> httpx.Response:
         """A request with the key of `key`."""
-        return self.client.request(method, path, headers={"X-API-Key": self.keys[key]}, **kwargs)
+        return super().call(method, path, key, **kwargs)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+@pytest.fixture
+def settings(backend_settings: Settings, tmp_path: Path) -> Settings:
     """Migrated settings with a checkpoint folder and a data root under tmp_path."""
-    if request.param == "postgres":
-        base: Settings = request.getfixturevalue("migrated_settings")
-    else:
-        base = request.getfixturevalue("sqlite_settings")
-        migrate(base)
+    base = backend_settings
     (tmp_path / "ckpts").mkdir()
     (tmp_path / "data").mkdir()
     return base.model_copy(
@@ -80,20 +71,14 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def api(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+def api(settings: Settings, fake_queue: FakeQueue) -> Iterator[Api]:
     """The app on `settings` with an admin and a reader key; tasks are captured."""
     keys = {
         "admin": keys_create("admin", ["models:admin"], settings),
         "reader": keys_create("reader", ["requests:read"], settings),
     }
     with TestClient(create_app(settings)) as client:
-        state = Api(client, settings, keys)
-
-        def enqueue(name: str, *args: Any, **_: Any) -> None:
-            state.sent.append((name, args))
-
-        monkeypatch.setattr("app.services.registry.enqueue", enqueue)
-        yield state
+        yield Api(client, settings, keys, fake_queue)
 
 
 @pytest.fixture(scope="module")
@@ -125,33 +110,6 @@ def upload(api: Api, content: bytes, **fields: Any) -> httpx.Response:
     return api.call("POST", "/models", data=data, files=files)
 
 
-# --- Static tables kept in app/ (the API never imports torch) ----------------------------------
-
-
-def test_static_tables_match_models(tmp_path: Path) -> None:
-    assert checkpoint_meta.KNOWN_ARCHS == KNOWN_ARCHS
-    for arch, head in checkpoint_meta.ARCH_HEADS.items():
-        size = 224 if "224" in arch else 32
-        network = create_model(arch, 3, size)
-        assert network.get_classifier() is getattr(network, head), arch
-    assert set(DATASET_TASKS) == set(DATASETS)
-    folders = {
-        "celeba": write_celeba_fixture(tmp_path / "celeba"),
-        "celebahq": write_celebahq_fixture(tmp_path / "celebahq"),
-        "mufac": write_mufac_fixture(tmp_path / "mufac"),
-    }
-    for name, tasks in DATASET_TASKS.items():
-        root = folders.get(name)
-        spec = DatasetSpec(name=name, root=None if root is None else str(root), num_identities=10)
-        data = load_dataset(spec)
-        assert set(tasks) == set(data.tasks) and default_task(name) == DEFAULT_TASK[name], name
-        for task, labels in tasks.items():
-            if labels is not None:
-                assert labels == data.task(task).num_outputs == len(data.task(task).labels)
-    assert DATASET_TASKS["mufac"]["age"] == len(AGE_GROUPS)
-    assert frozenset({"synthfaces"}) == BUILT_IN
-
-
 def test_checkpoint_metadata_is_read_without_torch_objects(checkpoint_file: Path) -> None:
     meta = checkpoint_meta.read_checkpoint_meta(checkpoint_file)
     assert meta.arch == "test_resnet" and meta.head_rows == 17 and len(meta.labels) == 17
@@ -179,7 +137,7 @@ def test_upload_onboards_and_progress_is_visible(api: Api, checkpoint_file: Path
     assert name == "lethe.prepare"
     store = artifact_store(api.settings)
     assert store.read("models", sha) == content
-    assert not any((api.settings.resolved_artifact_dir / "incoming").iterdir())
+    assert not any(api.settings.resolved_staging_dir.iterdir())
 
     seen: list[dict[str, Any]] = []
 

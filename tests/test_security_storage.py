@@ -10,7 +10,8 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from services import make_settings
 
-from app import storage
+from app import blobs
+from app.blobs import LocalBlobStore
 from app.security import (
     KEY_PREFIX,
     SCOPES,
@@ -20,7 +21,7 @@ from app.security import (
     identity_hash,
     key_prefix,
 )
-from app.storage import ArtifactStore, PortraitVault, portrait_vault, storage_key
+from app.storage import PORTRAITS, ArtifactStore, PortraitVault, portrait_vault, storage_key
 
 PORTRAIT = b"\x89PNG\r\n\x1a\n" + b"a very recognisable face " * 40
 
@@ -67,10 +68,22 @@ def test_check_scopes_sorts_deduplicates_and_rejects_unknown() -> None:
 # --- artifact store -------------------------------------------------------------------------
 
 
+def blob_path(store: ArtifactStore, kind: str, sha: str) -> Path:
+    """Where the local backend keeps an artifact."""
+    assert isinstance(store.blobs, LocalBlobStore)
+    return store.blobs.path(store.key(kind, sha))
+
+
+def vault_folder(vault: PortraitVault) -> Path:
+    """Where the local backend keeps the vault's portraits."""
+    assert isinstance(vault.blobs, LocalBlobStore)
+    return vault.blobs.root / PORTRAITS
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> ArtifactStore:
     """An empty artifact store."""
-    return ArtifactStore(tmp_path / "artifacts")
+    return ArtifactStore(LocalBlobStore(tmp_path / "artifacts"))
 
 
 def test_put_read_exists_delete(store: ArtifactStore) -> None:
@@ -78,7 +91,7 @@ def test_put_read_exists_delete(store: ArtifactStore) -> None:
     assert sha == hashlib.sha256(b"tensor bytes").hexdigest()
     assert store.exists("weights", sha)
     assert store.read("weights", sha) == b"tensor bytes"
-    assert store.path("weights", sha) == store.root / "weights" / sha[:2] / sha
+    assert blob_path(store, "weights", sha) == store.blobs.root / "weights" / sha[:2] / sha
     store.delete("weights", sha)
     assert not store.exists("weights", sha)
     store.delete("weights", sha)
@@ -88,7 +101,7 @@ def test_put_is_idempotent_and_leaves_no_temporary_file(store: ArtifactStore) ->
     first = store.put_bytes("weights", b"same")
     second = store.put_bytes("weights", b"same")
     assert first == second
-    assert files_under(store.root) == [store.path("weights", first)]
+    assert files_under(store.blobs.root) == [blob_path(store, "weights", first)]
 
 
 def test_put_file_copies_and_hashes(store: ArtifactStore, tmp_path: Path) -> None:
@@ -98,12 +111,12 @@ def test_put_file_copies_and_hashes(store: ArtifactStore, tmp_path: Path) -> Non
     assert sha == hashlib.sha256(source.read_bytes()).hexdigest()
     assert store.read("weights", sha) == source.read_bytes()
     assert store.put_file("weights", source) == sha
-    assert files_under(store.root) == [store.path("weights", sha)]
+    assert files_under(store.blobs.root) == [blob_path(store, "weights", sha)]
 
 
 def test_a_corrupt_artifact_is_detected(store: ArtifactStore) -> None:
     sha = store.put_bytes("weights", b"original")
-    store.path("weights", sha).write_bytes(b"tampered")
+    blob_path(store, "weights", sha).write_bytes(b"tampered")
     with pytest.raises(ValueError, match="corrupt"):
         store.read("weights", sha)
 
@@ -111,7 +124,7 @@ def test_a_corrupt_artifact_is_detected(store: ArtifactStore) -> None:
 @pytest.mark.parametrize("name", ["", "abc", "G" * 64, "A" * 64, "../" + "a" * 61])
 def test_a_malformed_hash_is_rejected(store: ArtifactStore, name: str) -> None:
     with pytest.raises(ValueError, match="SHA-256"):
-        store.path("weights", name)
+        store.key("weights", name)
 
 
 def fail_replace(*_args: object) -> None:
@@ -122,10 +135,10 @@ def fail_replace(*_args: object) -> None:
 def test_an_interrupted_put_leaves_nothing(
     store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(storage.os, "replace", fail_replace)
+    monkeypatch.setattr(blobs.os, "replace", fail_replace)
     with pytest.raises(OSError, match="simulated"):
         store.put_bytes("weights", b"half written")
-    assert files_under(store.root) == []
+    assert files_under(store.blobs.root) == []
     assert not store.exists("weights", hashlib.sha256(b"half written").hexdigest())
 
 
@@ -134,10 +147,10 @@ def test_an_interrupted_put_file_leaves_nothing(
 ) -> None:
     source = tmp_path / "weights.bin"
     source.write_bytes(b"w" * 1000)
-    monkeypatch.setattr(storage.os, "replace", fail_replace)
+    monkeypatch.setattr(blobs.os, "replace", fail_replace)
     with pytest.raises(OSError, match="simulated"):
         store.put_file("weights", source)
-    assert files_under(store.root) == []
+    assert files_under(store.blobs.root) == []
 
 
 # --- portrait vault -------------------------------------------------------------------------
@@ -146,13 +159,13 @@ def test_an_interrupted_put_file_leaves_nothing(
 @pytest.fixture
 def vault(tmp_path: Path) -> PortraitVault:
     """A vault with a fresh key."""
-    return PortraitVault(tmp_path / "portraits", Fernet.generate_key())
+    return PortraitVault(LocalBlobStore(tmp_path), Fernet.generate_key())
 
 
 def test_portraits_are_encrypted_at_rest(vault: PortraitVault) -> None:
     sha, uri = vault.put(PORTRAIT)
     assert sha == hashlib.sha256(PORTRAIT).hexdigest()
-    [stored] = files_under(vault.root)
+    [stored] = files_under(vault_folder(vault))
     assert stored.name == uri.removeprefix("portrait:")
     assert sha not in uri
     ciphertext = stored.read_bytes()
@@ -167,7 +180,7 @@ def test_a_portrait_round_trips_and_is_destroyed(vault: PortraitVault) -> None:
     assert vault.read(uri) == PORTRAIT
     vault.destroy(uri)
     assert not vault.exists(uri)
-    assert files_under(vault.root) == []
+    assert files_under(vault_folder(vault)) == []
     vault.destroy(uri)
     with pytest.raises(FileNotFoundError):
         vault.read(uri)
@@ -183,7 +196,7 @@ def test_the_same_portrait_twice_gets_two_uris(vault: PortraitVault) -> None:
 def test_another_key_cannot_read_a_portrait(vault: PortraitVault) -> None:
     _, uri = vault.put(PORTRAIT)
     with pytest.raises(InvalidToken):
-        PortraitVault(vault.root, Fernet.generate_key()).read(uri)
+        PortraitVault(vault.blobs, Fernet.generate_key()).read(uri)
 
 
 @pytest.mark.parametrize(
@@ -209,10 +222,10 @@ def test_a_bad_portrait_uri_is_rejected(vault: PortraitVault, uri: str) -> None:
 def test_an_interrupted_portrait_write_leaves_nothing(
     vault: PortraitVault, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(storage.os, "replace", fail_replace)
+    monkeypatch.setattr(blobs.os, "replace", fail_replace)
     with pytest.raises(OSError, match="simulated"):
         vault.put(PORTRAIT)
-    assert files_under(vault.root) == []
+    assert files_under(vault_folder(vault)) == []
 
 
 def test_storage_key_is_configured_or_derived_from_the_secret(tmp_path: Path) -> None:
@@ -229,5 +242,38 @@ def test_portrait_vault_lives_under_the_artifact_dir(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     vault = portrait_vault(settings)
     _, uri = vault.put(PORTRAIT)
-    assert vault.root == tmp_path.resolve() / "artifacts" / "portraits"
+    assert vault_folder(vault) == tmp_path.resolve() / "artifacts" / "portraits"
     assert portrait_vault(settings).read(uri) == PORTRAIT
+
+
+# --- blob store (the local backend of app/blobs.py) ---------------------------------------------
+
+
+def test_blobs_list_complete_writes_and_clean_up_interrupted_ones(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    store.write("kit/aa/one", b"1")
+    store.write("kit/bb/two", b"2")
+    partial = tmp_path / "kit" / "aa" / ".three.x1.tmp"  # a write that crashed before its rename
+    partial.write_bytes(b"half")
+    assert [b.key for b in store.list("kit")] == ["kit/aa/one", "kit/bb/two"]
+    assert list(store.list("nothing-here")) == []
+    assert store.remove_partial_writes("kit", older_than=0.0) == 0  # too young to be abandoned
+    assert store.remove_partial_writes("kit", older_than=partial.stat().st_mtime + 1) == 1
+    assert not partial.exists() and store.read("kit/aa/one") == b"1"
+
+
+def test_a_blob_local_copy_is_readable_and_a_missing_one_raises(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    store.write("models/aa/x", b"weights")
+    with store.local_copy("models/aa/x") as path:
+        assert path.read_bytes() == b"weights"
+    with pytest.raises(FileNotFoundError), store.local_copy("models/aa/y"):
+        pass
+
+
+@pytest.mark.parametrize("key", ["", "/etc/passwd", "a/../b", "a/./b", "a//b", "../x", "A/b"])
+def test_a_bad_blob_key_is_rejected(tmp_path: Path, key: str) -> None:
+    store = LocalBlobStore(tmp_path)
+    for operation in (store.read, store.exists, store.delete):
+        with pytest.raises(ValueError, match="blob key"):
+            operation(key)

@@ -58,7 +58,7 @@ def service_env(settings: Settings) -> dict[str, str]:
 def start_worker(env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     """Start one Celery worker process (solo pool: one job at a time) logging to logs/worker.log."""
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
+        [sys.executable, "-m", "celery", "-A", "app.queue", "worker", "--pool=solo",
          "--concurrency=1", "--loglevel=INFO", f"--logfile={logs / 'worker.log'}"],
         env=env,
         stdout=subprocess.DEVNULL,

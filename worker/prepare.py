@@ -11,7 +11,6 @@ import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,11 +20,13 @@ from sqlalchemy.orm import Session
 
 from app.db import session_factory
 from app.security import identity_hash
-from app.services.checkpoint_meta import ARCH_HEADS
-from app.services.registry import PENDING, SERVING, serving_version, set_alias, usable_methods
+from app.services.lookup import PENDING, serving_version
+from app.services.paths import PathRefused, resolve_under
+from app.services.registry import set_alias, usable_methods
 from app.settings import Settings
 from app.storage import ArtifactStore, artifact_store
-from app.tables import ModelIdentity, ModelVersion, RegisteredModel, VersionStatus, utcnow
+from app.tables import SERVING, ModelIdentity, ModelVersion, RegisteredModel, VersionStatus, utcnow
+from models.catalog import ARCHITECTURES
 from models.data.base import DatasetError, FaceData
 from models.data.registry import DatasetSpec, load_dataset
 from models.data.splits import SplitIndices, Splits, split_indices
@@ -79,7 +80,8 @@ class DataUnavailable(RuntimeError):
 
 def check_head(checkpoint: Checkpoint) -> None:
     """The classifier has one output per label of the checkpoint's task."""
-    head = ARCH_HEADS.get(checkpoint.arch)
+    info = ARCHITECTURES.get(checkpoint.arch)
+    head = info.head if info is not None else None
     weight = checkpoint.state_dict.get(f"{head}.weight") if head else None
     labels = len(checkpoint.task["labels"])
     if weight is not None and int(weight.shape[0]) != labels:
@@ -87,10 +89,11 @@ def check_head(checkpoint: Checkpoint) -> None:
 
 
 def _under_data_roots(settings: Settings, root: str) -> bool:
-    path = Path(root).resolve()
-    return any(
-        path == r or path.is_relative_to(r) for r in (p.resolve() for p in settings.data_roots)
-    )
+    try:
+        resolve_under(root, settings.data_roots)
+    except PathRefused:
+        return False
+    return True
 
 
 def load_inputs(
@@ -201,7 +204,8 @@ def compute(
     total = 3 + len(preparable_methods(settings))
     report("validating", 0, total)
     store = artifact_store(settings)
-    checkpoint = load_checkpoint(store.path("models", sha256), expected_sha256=sha256)
+    with store.local_copy("models", sha256) as path:
+        checkpoint = load_checkpoint(path, expected_sha256=sha256)
     check_head(checkpoint)
     report("identity_index", 1, total)
     inputs = load_inputs(settings, checkpoint, training_data)

@@ -85,7 +85,8 @@ def refresh_version(settings: Settings, version_id: int) -> dict[str, Any]:
         session.commit()
     try:
         store = artifact_store(settings)
-        checkpoint = load_checkpoint(store.path("models", sha), expected_sha256=sha)
+        with store.local_copy("models", sha) as path:
+            checkpoint = load_checkpoint(path, expected_sha256=sha)
         report("identity_index", 1, 3)
         inputs = load_inputs(settings, checkpoint, spec)
     except DataUnavailable as exc:

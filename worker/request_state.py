@@ -10,7 +10,8 @@ from __future__ import annotations
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
-from app.services.lifecycle import release_followers, transition
+from app.services.duplicates import release_followers
+from app.services.lifecycle import transition
 from app.tables import DeletionRequest, RequestStatus, utcnow
 
 REQUEUE_CAP_REACHED = "requeue_cap_reached"

@@ -19,8 +19,9 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from app import queue
 from app.db import session_factory
-from app.services.lifecycle import release_followers, settle_followers
+from app.services.duplicates import settle_or_release
 from app.settings import Settings
 from app.storage import PortraitVault, portrait_vault
 from app.tables import (
@@ -34,14 +35,10 @@ from app.tables import (
     VersionStatus,
     utcnow,
 )
-from worker.celery_app import celery_app, enqueue
 from worker.request_state import fence, requeue
 
 log = logging.getLogger(__name__)
 ACTOR = "sweeper"
-ERASE_TASK = "lethe.erase"
-PREPARE_TASK = "lethe.prepare"
-BENCHMARK_TASK = "lethe.benchmark"
 INSPECT_TIMEOUT = 1.0
 
 
@@ -72,7 +69,7 @@ def held_tasks(timeout: float = INSPECT_TIMEOUT) -> Held | None:
     Busy solo-pool workers and the SQL broker (no broadcast) never answer, so None is common.
     """
     try:
-        inspector = celery_app.control.inspect(timeout=timeout)
+        inspector = queue.celery_app.control.inspect(timeout=timeout)
         answers = [inspector.active(), inspector.reserved(), inspector.scheduled()]
     except Exception:
         log.debug("workers could not be inspected", exc_info=True)
@@ -87,7 +84,7 @@ def held_tasks(timeout: float = INSPECT_TIMEOUT) -> Held | None:
                 info = task.get("request", task)  # scheduled entries wrap the request
                 ids.add(str(info.get("id")))
                 args = info.get("args")
-                if info.get("name") == PREPARE_TASK and isinstance(args, list | tuple) and args:
+                if info.get("name") == queue.PREPARE and isinstance(args, list | tuple) and args:
                     versions.add(int(args[0]))
     return Held(frozenset(ids), frozenset(versions))
 
@@ -135,7 +132,7 @@ def _resend_queued(
             session, DeletionRequest, request, RequestStatus.queued.value, updated_at=utcnow()
         )
         if new_id is not None:
-            enqueue(ERASE_TASK, request.id, task_id=new_id)
+            queue.send(queue.ERASE, request.id, task_id=new_id)
             report.resent.append(request.id)
 
 
@@ -178,7 +175,7 @@ def _requeue_dead(
                 vault.destroy(uri)
             report.failed.append(fresh.id)
         else:
-            enqueue(ERASE_TASK, fresh.id, task_id=new_id)
+            queue.send(queue.ERASE, fresh.id, task_id=new_id)
             report.requeued.append(fresh.id)
 
 
@@ -202,7 +199,7 @@ def _resend_preparing(
     ).all()
     for version_id in stale:
         if held is None or version_id not in held.prepared_versions:
-            enqueue(PREPARE_TASK, version_id)
+            queue.send(queue.PREPARE, version_id)
             report.preparations.append(version_id)
 
 
@@ -227,7 +224,7 @@ def _resend_benchmarks(
             continue
         new_id = _swap_task_id(session, BenchmarkRun, run, BenchmarkStatus.queued.value)
         if new_id is not None:
-            enqueue(BENCHMARK_TASK, run.id, task_id=new_id)
+            queue.send(queue.BENCHMARK, run.id, task_id=new_id)
             report.benchmarks.append(run.id)
 
 
@@ -244,11 +241,7 @@ def _settle_orphans(session: Session, vault: PortraitVault, report: SweepReport)
         .distinct()
     ).all()
     for request in finished:
-        if request.status in (RequestStatus.completed.value, RequestStatus.needs_review.value):
-            uris = settle_followers(session, request, ACTOR)
-        else:
-            release_followers(session, request.id, ACTOR, f"request {request.id} {request.status}")
-            uris = []
+        uris = settle_or_release(session, request, ACTOR)
         session.commit()
         for uri in uris:
             vault.destroy(uri)
@@ -271,8 +264,6 @@ def _clean_portraits(
         if uri:
             vault.destroy(uri)
             report.portraits_destroyed += 1
-    if not vault.root.is_dir():
-        return
     referenced = set(
         session.scalars(
             select(DeletionRequest.portrait_uri).where(DeletionRequest.portrait_uri.is_not(None))
@@ -280,15 +271,10 @@ def _clean_portraits(
     )
     # Files younger than the sweep delay may belong to a request the API has not committed yet.
     cutoff = time.time() - settings.sweep_after_seconds
-    for path in vault.root.iterdir():
-        if not path.is_file() or path.stat().st_mtime >= cutoff:
-            continue
-        if path.name.startswith("."):  # a crashed write's temporary file
-            path.unlink(missing_ok=True)
-            continue
-        uri = f"portrait:{path.name}"
-        if uri not in referenced:
-            path.unlink(missing_ok=True)
+    vault.remove_partial_writes(cutoff)
+    for uri, modified in vault.stored():
+        if modified < cutoff and uri not in referenced:
+            vault.destroy(uri)
             report.portraits_destroyed += 1
 
 

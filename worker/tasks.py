@@ -1,4 +1,5 @@
-"""Worker tasks: prepare, erase, sweep and benchmark.
+"""Worker tasks: the bodies of the tasks app/queue.py names (prepare, refresh, erase, sweep,
+benchmark).
 
 Task bodies import their torch-using modules lazily, so importing this module (as the worker
 does at start-up) stays light.
@@ -14,13 +15,14 @@ from typing import Any
 
 from celery.signals import worker_process_init, worker_ready
 
+from app import queue
+from app.queue import celery_app
 from app.settings import get_settings
-from worker.celery_app import celery_app
 
 log = logging.getLogger(__name__)
 
 
-@celery_app.task(name="lethe.prepare")
+@celery_app.task(name=queue.PREPARE)
 def prepare_task(version_id: int) -> dict[str, Any]:
     """Build a registered version's identity index and audit kit, then mark it ready."""
     from worker.prepare import prepare_version
@@ -28,7 +30,7 @@ def prepare_task(version_id: int) -> dict[str, Any]:
     return prepare_version(get_settings(), version_id)
 
 
-@celery_app.task(name="lethe.refresh")
+@celery_app.task(name=queue.REFRESH)
 def refresh_task(version_id: int) -> dict[str, Any]:
     """Recompute a serving version's artifacts from its training data minus erased identities."""
     from worker.refresh import refresh_version
@@ -36,7 +38,7 @@ def refresh_task(version_id: int) -> dict[str, Any]:
     return refresh_version(get_settings(), version_id)
 
 
-@celery_app.task(name="lethe.erase", bind=True, max_retries=None)
+@celery_app.task(name=queue.ERASE, bind=True, max_retries=None)
 def erase_task(self: Any, request_id: str) -> dict[str, Any]:
     """Run the erasure job this request leads (with any batch it gathers); waits its turn
     (retrying) while its model is leased."""
@@ -53,7 +55,7 @@ def erase_task(self: Any, request_id: str) -> dict[str, Any]:
     return outcome.to_dict()
 
 
-@celery_app.task(name="lethe.sweep")
+@celery_app.task(name=queue.SWEEP)
 def sweep_task() -> dict[str, Any]:
     """Re-send lost erasure tasks and remove stray portraits."""
     from dataclasses import asdict
@@ -91,7 +93,7 @@ def _start_sweeper(**_: Any) -> None:
     threading.Thread(target=_sweep_forever, args=(interval,), name="sweeper", daemon=True).start()
 
 
-@celery_app.task(name="lethe.benchmark", bind=True)
+@celery_app.task(name=queue.BENCHMARK, bind=True)
 def benchmark_task(self: Any, run_id: str) -> dict[str, Any]:
     """Run a recorded benchmark run (its `lethe benchmark` arguments) and store its results."""
     from worker.benchmark import run_benchmark_job

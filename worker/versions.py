@@ -86,7 +86,8 @@ def load_version(
     kind, _, name = artifact_uri.partition("/")
     if name != sha256:
         raise ValueError(f"artifact URI {artifact_uri} does not match hash {sha256}")
-    checkpoint = load_checkpoint(store.path(kind, sha256), expected_sha256=sha256)
+    with store.local_copy(kind, sha256) as path:
+        checkpoint = load_checkpoint(path, expected_sha256=sha256)
     model = model_from_checkpoint(checkpoint).to(device).eval()
     image_size = int(checkpoint.config["image_size"])
     loaded = LoadedVersion(

@@ -50,8 +50,8 @@ class _Part:
 
 
 def incoming_dir(settings: Settings) -> Path:
-    """Where uploads are written before they are validated and moved into the store."""
-    path = settings.resolved_artifact_dir / "incoming"
+    """Where uploads are written before they are validated and copied into the store."""
+    path = settings.resolved_staging_dir
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from app.api.deps import SettingsDep
 from app.db import get_engine
+from app.queue import celery_app
 from app.schemas import Check, Health, Readiness
 from app.settings import Settings
 from models import __version__
@@ -25,8 +26,6 @@ def check_database(settings: Settings) -> str:
 
 def check_broker(settings: Settings) -> str:
     """One connection attempt to the Celery broker."""
-    from worker.celery_app import celery_app
-
     with celery_app.connection_for_read() as connection:
         connection.ensure_connection(max_retries=1)
     return "connected"
@@ -34,8 +33,6 @@ def check_broker(settings: Settings) -> str:
 
 def check_workers(settings: Settings) -> str:
     """At least one worker answers a ping within a second."""
-    from worker.celery_app import celery_app
-
     with celery_app.connection_for_read() as connection:
         transport = connection.transport
     # Pings are broadcasts; the embedded SQL broker cannot broadcast, so its worker goes unchecked.

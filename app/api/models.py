@@ -15,6 +15,8 @@ from app.api.checkpoint_upload import FILE_FIELD, Upload, receive_upload
 from app.api.deps import SessionDep, SettingsDep, require_scope
 from app.errors import AUTH_ERRORS, ApiError, responses
 from app.schemas import (
+    DATASET_NAMES,
+    TASK_NAMES,
     AliasEventOut,
     AliasHistory,
     AliasOut,
@@ -28,9 +30,9 @@ from app.schemas import (
     RefreshQueued,
     RegisterModel,
 )
-from app.services.requests import SERVING, find_model
+from app.services.lookup import find_model
 from app.settings import Settings
-from app.tables import Alias, AliasEvent, ApiClient, ModelVersion, RegisteredModel
+from app.tables import SERVING, Alias, AliasEvent, ApiClient, ModelVersion, RegisteredModel
 
 router = APIRouter(prefix="/models", tags=["models"])
 Viewer = Annotated[ApiClient, Depends(require_scope("requests:read", "models:admin"))]
@@ -53,9 +55,9 @@ _FORM_FIELDS = {
         FILE_FIELD: {"type": "string", "format": "binary", "description": "A `lethe train` file."},
         "checkpoint_path": {"type": "string"},
         "sha256": {"type": "string"},
-        "dataset": {"type": "string", "enum": ["synthfaces", "celeba", "celebahq", "mufac"]},
+        "dataset": {"type": "string", "enum": list(DATASET_NAMES)},
         "data_root": {"type": "string"},
-        "task": {"type": "string", "enum": ["attributes", "age"]},
+        "task": {"type": "string", "enum": list(TASK_NAMES)},
         "split_seed": {"type": "integer"},
     },
     "required": ["name"],
@@ -330,7 +332,8 @@ def move_alias(
 def refresh_model(name: str, session: SessionDep, admin: Admin) -> RefreshQueued:
     """Queue `lethe.refresh`: fresh artifacts from the training data minus erased identities,
     or, if the data is gone, the inherited ones kept; the outcome is in `progress.refresh`."""
-    from app.services.registry import NoReadyVersion, request_refresh
+    from app.services.lookup import NoReadyVersion
+    from app.services.registry import request_refresh
 
     model = _model(session, name)
     try:

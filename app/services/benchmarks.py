@@ -9,25 +9,18 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from app.datasets import DATASET_TASKS, default_task
+from app import queue
 from app.errors import ApiError
 from app.schemas import BenchmarkCreate
-from app.services.requests import KNOWN_METHODS
+from app.services.paths import PathRefused, resolve_under
 from app.settings import Settings
 from app.tables import ApiClient, BenchmarkRun, BenchmarkStatus, new_id
+from models.catalog import DATASETS, METHODS
 
 log = logging.getLogger(__name__)
 
-BENCHMARK_TASK = "lethe.benchmark"
 OPTION_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
-
-
-def enqueue_benchmark(run_id: str) -> str:
-    """Send the benchmark task for a run; return the Celery task id."""
-    # Imported on use: the Celery app reads the process settings and is only needed to send.
-    from worker.celery_app import enqueue
-
-    return enqueue(BENCHMARK_TASK, run_id)
+KNOWN_METHODS = tuple(METHODS)
 
 
 def _refuse(message: str) -> ApiError:
@@ -36,19 +29,16 @@ def _refuse(message: str) -> ApiError:
 
 def _data_root(body: BenchmarkCreate, settings: Settings) -> Path | None:
     """The resolved data-set folder, which must lie under one of the settings' data roots."""
-    if body.dataset == "synthfaces":
+    if DATASETS[body.dataset].built_in:
         if body.data_root is not None:
-            raise _refuse("synthfaces is generated: it takes no data_root")
+            raise _refuse(f"{body.dataset} is generated: it takes no data_root")
         return None
     if body.data_root is None:
         raise ApiError.of("data_root_refused", f"data set {body.dataset!r} needs a data_root")
-    folder = Path(body.data_root).expanduser().resolve()
-    roots = [root.expanduser().resolve() for root in settings.data_roots]
-    if not any(folder.is_relative_to(root) for root in roots):
-        allowed = ", ".join(str(root) for root in roots) or "none are configured"
-        raise ApiError.of(
-            "data_root_refused", f"{body.data_root} is not under a data root ({allowed})"
-        )
+    try:
+        folder = resolve_under(body.data_root, settings.data_roots)
+    except PathRefused as exc:
+        raise ApiError.of("data_root_refused", str(exc)) from None
     if not folder.is_dir():
         raise ApiError.of("data_root_refused", f"{body.data_root} is not a folder")
     return folder
@@ -93,10 +83,10 @@ def _ints(name: str, values: list[int], minimum: int) -> str:
 
 def benchmark_argv(body: BenchmarkCreate, settings: Settings) -> list[str]:
     """The `lethe benchmark` arguments (without `--out`) of a validated body."""
-    task = body.task or default_task(body.dataset)
-    if task not in DATASET_TASKS[body.dataset]:
+    task = body.task or DATASETS[body.dataset].default_task
+    if task not in DATASETS[body.dataset].tasks:
         raise _refuse(f"data set {body.dataset!r} has no task {task!r}")
-    if body.synth_identities is not None and body.dataset != "synthfaces":
+    if body.synth_identities is not None and not DATASETS[body.dataset].built_in:
         raise _refuse("synth_identities applies to synthfaces only")
     argv = ["--dataset", body.dataset]
     root = _data_root(body, settings)
@@ -138,14 +128,7 @@ def create_run(
         progress={},
     )
     session.add(run)
-    session.commit()
-    try:
-        run.task_id = enqueue_benchmark(run.id)
-        session.commit()
-    except Exception:
-        # The run stays queued: a starting worker's sweep re-sends it.
-        session.rollback()
-        log.exception("could not enqueue benchmark run %s; the sweeper will", run.id)
+    queue.send_after_commit(session, queue.BENCHMARK, run.id, holder=run)
     return run
 
 

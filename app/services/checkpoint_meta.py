@@ -15,16 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Copy of models.nets.factory.KNOWN_ARCHS with the name of each one's classifier module;
-# tests/test_registry.py checks both against models/.
-ARCH_HEADS: dict[str, str] = {
-    "test_resnet": "fc",
-    "resnet10t": "fc",
-    "resnet18": "fc",
-    "vit_tiny_patch16_224": "head",
-    "vit_base_patch16_224": "head",
-}
-KNOWN_ARCHS = tuple(ARCH_HEADS)
+from models.catalog import ARCHITECTURES
+
 MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl holds metadata and tensor records, not weights
 
 
@@ -101,7 +93,8 @@ def _data_pickle(archive: zipfile.ZipFile) -> bytes:
 
 
 def _head_rows(state_dict: dict[str, Any], arch: str) -> int | None:
-    head = ARCH_HEADS.get(arch)
+    info = ARCHITECTURES.get(arch)
+    head = info.head if info is not None else None
     weight = state_dict.get(f"{head}.weight") if head else None
     return weight.shape[0] if isinstance(weight, TensorStub) and weight.shape else None
 

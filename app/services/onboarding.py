@@ -13,18 +13,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.datasets import BUILT_IN, DATASET_TASKS
-from app.services.checkpoint_meta import (
-    KNOWN_ARCHS,
-    CheckpointMeta,
-    CheckpointUnreadable,
-    read_checkpoint_meta,
-)
-from app.services.registry import PENDING, RegistryError, register_checkpoint
-from app.services.requests import find_model
+from app.services.checkpoint_meta import CheckpointMeta, CheckpointUnreadable, read_checkpoint_meta
+from app.services.lookup import PENDING, find_model
+from app.services.paths import PathRefused, resolve_under
+from app.services.registry import RegistryError, register_checkpoint
 from app.settings import Settings
 from app.storage import file_sha256
 from app.tables import ModelVersion
+from models.catalog import ARCHITECTURES, DATASETS
 
 
 class Refused(ValueError):
@@ -45,18 +41,14 @@ class DataRequest:
     split_seed: int | None = None
 
 
-def _under(path: Path, folders: list[Path]) -> bool:
-    return any(path == folder or path.is_relative_to(folder) for folder in folders)
-
-
 def allowed_checkpoint(settings: Settings, checkpoint_path: str) -> Path:
     """The path resolved (links followed) if it is a readable file under a checkpoint folder."""
     if "\x00" in checkpoint_path:
         raise Refused("invalid_checkpoint", "the checkpoint path contains a NUL character")
-    path = Path(checkpoint_path).expanduser().resolve()
-    if not _under(path, settings.resolved_checkpoint_dirs):
-        folders = ", ".join(str(p) for p in settings.resolved_checkpoint_dirs)
-        raise Refused("checkpoint_path_refused", f"{checkpoint_path} is not under {folders}")
+    try:
+        path = resolve_under(checkpoint_path, settings.resolved_checkpoint_dirs)
+    except PathRefused as exc:
+        raise Refused("checkpoint_path_refused", str(exc)) from None
     if not path.is_file():
         raise Refused("invalid_checkpoint", f"checkpoint {checkpoint_path} is not an existing file")
     if not os.access(path, os.R_OK):
@@ -69,15 +61,14 @@ def allowed_checkpoint(settings: Settings, checkpoint_path: str) -> Path:
 
 
 def _data_root(settings: Settings, dataset: str, root: str | None) -> str | None:
-    if dataset in BUILT_IN:
+    if DATASETS[dataset].built_in:
         return None
     if not root:
         raise Refused("invalid_training_data", f"data set {dataset!r} needs its folder (data_root)")
-    path = Path(root).expanduser().resolve()
-    roots = [p.resolve() for p in settings.data_roots]
-    if not _under(path, roots):
-        allowed = ", ".join(str(p) for p in roots) or "nothing (LETHE_DATA_ROOTS is empty)"
-        raise Refused("data_root_refused", f"{root} is not under {allowed}")
+    try:
+        path = resolve_under(root, settings.data_roots)
+    except PathRefused as exc:
+        raise Refused("data_root_refused", str(exc)) from None
     if not path.is_dir():
         raise Refused("data_root_refused", f"{root} is not an existing folder")
     return str(path)
@@ -88,10 +79,9 @@ def training_data(settings: Settings, meta: CheckpointMeta, asked: DataRequest) 
     own = meta.config.get("dataset") if isinstance(meta.config.get("dataset"), dict) else {}
     own_name = own.get("name") if isinstance(own.get("name"), str) else None
     dataset = asked.dataset or own_name
-    if dataset not in DATASET_TASKS:
+    if dataset not in DATASETS:
         raise Refused(
-            "invalid_training_data",
-            f"unknown data set {dataset!r}; known: {', '.join(DATASET_TASKS)}",
+            "invalid_training_data", f"unknown data set {dataset!r}; known: {', '.join(DATASETS)}"
         )
     if own_name is not None and own_name != dataset:
         raise Refused(
@@ -99,11 +89,11 @@ def training_data(settings: Settings, meta: CheckpointMeta, asked: DataRequest) 
         )
     trained_task = meta.task.get("name")
     task = asked.task or meta.config.get("task") or trained_task
-    if task not in DATASET_TASKS[dataset]:
+    tasks = DATASETS[dataset].tasks
+    if task not in tasks:
         raise Refused(
             "invalid_training_data",
-            f"data set {dataset!r} has no task {task!r}; it has "
-            + ", ".join(DATASET_TASKS[dataset]),
+            f"data set {dataset!r} has no task {task!r}; it has " + ", ".join(tasks),
         )
     if trained_task != task:
         raise Refused(
@@ -127,13 +117,13 @@ def training_data(settings: Settings, meta: CheckpointMeta, asked: DataRequest) 
 
 def check_network(meta: CheckpointMeta, spec: dict[str, Any]) -> None:
     """The architecture is known and its head has one output per label of the task."""
-    if meta.arch not in KNOWN_ARCHS:
+    if meta.arch not in ARCHITECTURES:
         raise Refused(
             "checkpoint_arch_unknown",
-            f"architecture {meta.arch!r} is not supported; known: {', '.join(KNOWN_ARCHS)}",
+            f"architecture {meta.arch!r} is not supported; known: {', '.join(ARCHITECTURES)}",
         )
     labels = len(meta.labels)
-    expected = DATASET_TASKS[spec["dataset"]][spec["task"]]
+    expected = DATASETS[spec["dataset"]].tasks[spec["task"]]
     if expected is not None and labels != expected:
         raise Refused(
             "checkpoint_head_mismatch",

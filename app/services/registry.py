@@ -16,9 +16,19 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import queue
 from app.db import session_factory
 from app.services.lifecycle import transition
-from app.services.requests import METHOD_NEEDS, PREPARED_METHODS
+from app.services.lookup import (
+    PENDING,
+    NoReadyVersion,
+    find_model,
+    lineage,
+    serving_version,
+    usable,
+    versions,
+)
+from app.services.targets import IDENTITY, missing_requests
 from app.settings import Settings
 from app.storage import artifact_store
 from app.tables import (
@@ -32,12 +42,9 @@ from app.tables import (
     VersionStatus,
     utcnow,
 )
-from worker.celery_app import enqueue
+from models.catalog import METHODS
 
 log = logging.getLogger(__name__)
-PENDING = "pending"  # task/arch of a model version until its preparation job has read the weights
-PREPARE_TASK = "lethe.prepare"
-REFRESH_TASK = "lethe.refresh"
 REFRESH_STALE = timedelta(hours=6)  # a refresh queued this long ago was lost; queue another
 ALIAS_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
 
@@ -58,10 +65,6 @@ class VersionUnusable(RegistryError):
     """The version is preparing, failed or purged: nothing can point at it."""
 
 
-class NoReadyVersion(LookupError):
-    """The model has no version whose onboarding artifacts exist."""
-
-
 def _readable_file(checkpoint_path: str) -> Path:
     """The checkpoint path resolved, or a RegistryError saying why it cannot be read."""
     path = Path(checkpoint_path).expanduser().resolve()
@@ -72,10 +75,6 @@ def _readable_file(checkpoint_path: str) -> Path:
     if not os.access(path, os.R_OK):
         raise RegistryError(f"checkpoint {checkpoint_path} is not readable")
     return path
-
-
-def _model_named(session: Session, name: str) -> RegisteredModel | None:
-    return session.scalar(select(RegisteredModel).where(RegisteredModel.name == name))
 
 
 def register_checkpoint(
@@ -99,7 +98,7 @@ def register_checkpoint(
     path = _readable_file(checkpoint_path)
     sha = artifact_store(settings).put_file("models", path)
 
-    model = _model_named(session, name)
+    model = find_model(session, name)
     if model is None:
         model = RegisteredModel(name=name, task=PENDING)
         session.add(model)
@@ -116,7 +115,7 @@ def register_checkpoint(
         if existing is not None:
             return existing
 
-    latest = max((v.version for v in _versions(session, model)), default=0)
+    latest = max((v.version for v in versions(session, model)), default=0)
     version = ModelVersion(
         model_id=model.id,
         version=latest + 1,
@@ -132,78 +131,9 @@ def register_checkpoint(
         progress={"stage": "queued", "done": 0, "total": None},
     )
     session.add(version)
-    session.commit()
-    # Record first, then enqueue: a lost message leaves a `preparing` row that the sweeper
-    # re-sends, never a job without a row.
-    try:
-        enqueue(PREPARE_TASK, version.id)
-    except Exception:
-        log.exception(
-            "could not enqueue the preparation of version %s; the sweeper will", version.id
-        )
+    session.flush()  # the id the task names
+    queue.send_after_commit(session, queue.PREPARE, version.id)
     return version
-
-
-def _versions(session: Session, model: RegisteredModel) -> list[ModelVersion]:
-    return list(
-        session.scalars(
-            select(ModelVersion)
-            .where(ModelVersion.model_id == model.id)
-            .order_by(ModelVersion.version)
-        )
-    )
-
-
-def serving_version(session: Session, model: RegisteredModel) -> ModelVersion | None:
-    """The version the `serving` alias points at, if any."""
-    alias = session.get(Alias, (model.id, SERVING))
-    return None if alias is None else session.get(ModelVersion, alias.version_id)
-
-
-def head_version(session: Session, model: RegisteredModel) -> ModelVersion:
-    """The latest version of the serving chain: it contains every erasure made so far.
-
-    Starting from `serving` (or, before anything serves, the newest ready version), follow the
-    child links to the end. Children that were not promoted (`needs_review`) still carry their
-    erasure, so the next erasure builds on them rather than undoing them.
-    """
-    ready = [v for v in _versions(session, model) if v.status == VersionStatus.ready.value]
-    usable = [v for v in ready if v.purged_at is None]
-    if not usable:
-        raise NoReadyVersion(f"model {model.name!r} has no ready version")
-    head = serving_version(session, model) or usable[-1]
-    # Purged versions stay in the walk: a purged middle link still carries its erasures.
-    child_of = {v.parent_id: v for v in ready if v.parent_id is not None}
-    while head.id in child_of:
-        head = child_of[head.id]
-    if head.purged_at is not None:
-        raise NoReadyVersion(f"the head version {head.version} of {model.name!r} is purged")
-    return head
-
-
-def missing_erasures(session: Session, model: RegisteredModel, version: ModelVersion) -> set[str]:
-    """Identity hashes of completed erasures of `model` that `version` does not contain."""
-    completed = session.scalars(
-        select(DeletionRequest.identity_hash).where(
-            DeletionRequest.model_id == model.id,
-            DeletionRequest.status == RequestStatus.completed.value,
-        )
-    )
-    return set(completed) - set(version.erased_identity_hashes or [])
-
-
-def missing_requests(session: Session, model: RegisteredModel, version: ModelVersion) -> list[str]:
-    """Ids of completed requests of `model` whose identity `version` has not erased."""
-    erased = set(version.erased_identity_hashes or [])
-    rows = session.execute(
-        select(DeletionRequest.id, DeletionRequest.identity_hash)
-        .where(
-            DeletionRequest.model_id == model.id,
-            DeletionRequest.status == RequestStatus.completed.value,
-        )
-        .order_by(DeletionRequest.created_at, DeletionRequest.id)
-    )
-    return [request_id for request_id, identity in rows if identity not in erased]
 
 
 def set_alias(
@@ -266,7 +196,7 @@ def move_alias(
     set_alias(session, model, name, version, actor, "moved by an admin")
     completed: list[str] = []
     if name == SERVING:
-        erased = set(version.erased_identity_hashes or [])
+        erased = IDENTITY.erased(version)
         held = session.scalars(
             select(DeletionRequest)
             .where(
@@ -276,23 +206,12 @@ def move_alias(
             .order_by(DeletionRequest.created_at, DeletionRequest.id)
         )
         for request in held:
-            if request.identity_hash in erased:
+            if IDENTITY.key(request) in erased:
                 reason = f"{actor} moved serving to v{version.version}, which erased this identity"
                 transition(session, request, RequestStatus.completed, actor, reason)
                 completed.append(request.id)
     log.info("alias %s of %s moved to v%s by %s", name, model.name, version.version, actor)
     return completed
-
-
-def lineage(session: Session, version: ModelVersion) -> list[ModelVersion]:
-    """`version` and its ancestors, newest first."""
-    chain = [version]
-    while chain[-1].parent_id is not None:
-        parent = session.get(ModelVersion, chain[-1].parent_id)
-        if parent is None or parent in chain:
-            break
-        chain.append(parent)
-    return chain
 
 
 def training_data_of(session: Session, version: ModelVersion) -> dict[str, Any]:
@@ -310,33 +229,26 @@ def artifacts_source(session: Session, version: ModelVersion) -> ModelVersion | 
 
 def methods_ready(version: ModelVersion) -> list[str]:
     """Methods a production request can use on `version` (its artifacts exist, or none needed)."""
-    if version.status != VersionStatus.ready.value or version.purged_at is not None:
-        return []
-    return usable_methods(version.artifacts or {})
+    return usable_methods(version.artifacts or {}) if usable(version) else []
 
 
 def usable_methods(artifacts: dict[str, str]) -> list[str]:
     """Production methods whose onboarding artifacts are among `artifacts` or need none."""
     return [
-        method
-        for method, needs in sorted(METHOD_NEEDS.items())
-        if needs == "support"
-        and (method not in PREPARED_METHODS or f"method:{method}" in artifacts)
+        name
+        for name, info in sorted(METHODS.items())
+        if info.serves_requests and (not info.prepares or info.artifact_key in artifacts)
     ]
 
 
 def request_refresh(session: Session, model: RegisteredModel, reason: str) -> ModelVersion:
     """Queue `lethe.refresh` for the serving version; commits before enqueueing."""
     version = serving_version(session, model)
-    if version is None or version.status != VersionStatus.ready.value or version.purged_at:
+    if version is None or not usable(version):
         raise NoReadyVersion(f"model {model.name!r} has no ready serving version")
     refresh = {"state": "queued", "reason": reason, "queued_at": utcnow().isoformat()}
     version.progress = {**(version.progress or {}), "refresh": refresh}
-    session.commit()
-    try:
-        enqueue(REFRESH_TASK, version.id)
-    except Exception:
-        log.exception("could not enqueue the refresh of version %s", version.id)
+    queue.send_after_commit(session, queue.REFRESH, version.id)
     return version
 
 

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import queue
 from app.errors import ApiError
 from app.security import identity_hash
-from app.services.lifecycle import followers, release_followers, transition
+from app.services import duplicates
+from app.services.lifecycle import transition
+from app.services.lookup import find_model, serving_version, storable
+from app.services.pagination import decode_cursor, page
 from app.services.portraits import validate_portrait
 from app.settings import Settings
 from app.storage import portrait_vault
 from app.tables import (
-    SERVING,
-    Alias,
     ApiClient,
     DeletionRequest,
     ModelIdentity,
@@ -33,25 +32,10 @@ from app.tables import (
     VersionStatus,
     new_id,
 )
+from models.catalog import METHODS
 
 log = logging.getLogger(__name__)
 
-# The worker owns the implementations (models.methods); the API must not import torch to ask it,
-# so it keeps this static table. tests/test_api.py checks it against the registry.
-METHOD_NEEDS: dict[str, str] = {
-    "bad_teacher": "support+retain",
-    "jit": "support",
-    "metaunlearn": "support",
-    "neggrad": "support",
-    "pgu": "support",
-    "scrub": "support+retain",
-    "ssd": "support",
-}
-KNOWN_METHODS = tuple(METHOD_NEEDS)
-# Methods that erase with artifacts computed at onboarding (stored as "method:<name>").
-PREPARED_METHODS = frozenset({"metaunlearn", "pgu", "ssd"})
-
-ERASE_TASK = "lethe.erase"
 MAX_IDEMPOTENCY_KEY = 200
 ADMIN_SCOPE = "models:admin"
 
@@ -73,21 +57,6 @@ class Created:
 
     request: DeletionRequest
     replayed: bool
-
-
-def enqueue_erase(request_id: str) -> str:
-    """Send the erase task for a request; return the Celery task id."""
-    # Imported on use: the Celery app reads the process settings and is only needed to send.
-    from worker.celery_app import enqueue
-
-    return enqueue(ERASE_TASK, request_id)
-
-
-def revoke_task(task_id: str) -> None:
-    """Ask workers to drop a task that has not started."""
-    from worker.celery_app import celery_app
-
-    celery_app.control.revoke(task_id)
 
 
 def _actor(client: ApiClient) -> str:
@@ -129,51 +98,33 @@ def _replay(session: Session, client: ApiClient, key: str, fingerprint: str) -> 
     return Created(earlier, replayed=True)
 
 
-def storable(text: str) -> bool:
-    """Whether `text` can be used in a query (PostgreSQL refuses NUL characters in text)."""
-    return "\x00" not in text
-
-
-def find_model(session: Session, name: str) -> RegisteredModel | None:
-    """The registered model called `name`, if any."""
-    if not storable(name):
-        return None
-    return session.scalar(select(RegisteredModel).where(RegisteredModel.name == name))
-
-
-def serving_version(session: Session, name: str) -> tuple[RegisteredModel, ModelVersion]:
+def ready_serving(session: Session, name: str) -> tuple[RegisteredModel, ModelVersion]:
     """The model called `name` and its ready serving version (404/409 otherwise)."""
     model = find_model(session, name)
     if model is None:
         raise ApiError.of("model_not_found", f"no registered model is called {name!r}")
-    version = session.scalar(
-        select(ModelVersion)
-        .join(Alias, Alias.version_id == ModelVersion.id)
-        .where(Alias.model_id == model.id, Alias.name == SERVING)
-    )
+    version = serving_version(session, model)
     if version is None or version.status != VersionStatus.ready.value:
         raise ApiError.of("model_not_ready", f"model {name!r} has no ready serving version")
     return model, version
 
 
-def _check_method(method: str) -> None:
-    needs = METHOD_NEEDS.get(method)
-    if needs is None:
+def _check_method(method: str, version: ModelVersion) -> None:
+    """The method exists, erases from portraits alone, and `version` has its artifacts."""
+    info = METHODS.get(method)
+    if info is None:
         raise ApiError.of(
-            "method_unknown", f"unknown method {method!r}; known: {', '.join(KNOWN_METHODS)}"
+            "method_unknown", f"unknown method {method!r}; known: {', '.join(METHODS)}"
         )
-    if needs != "support":
+    if not info.serves_requests:
         raise ApiError.of(
             "method_not_allowed", f"method {method!r} needs training data; use it in benchmarks"
         )
-
-
-def _check_prepared(version: ModelVersion, method: str) -> None:
-    if method in PREPARED_METHODS and f"method:{method}" not in (version.artifacts or {}):
+    if info.prepares and info.artifact_key not in (version.artifacts or {}):
         raise ApiError.of(
             "method_not_prepared",
             f"method {method!r} needs onboarding artifacts that version {version.version} lacks "
-            f"(method:{method}); prepare it with LETHE_PREPARE_METHODS",
+            f"({info.artifact_key}); prepare it with LETHE_PREPARE_METHODS",
         )
 
 
@@ -229,53 +180,6 @@ def _insert(
         raise
 
 
-def _in_flight(session: Session, model: RegisteredModel, identity: str) -> DeletionRequest | None:
-    """The unfinished request erasing `identity` from `model` (the one others follow), if any."""
-    active = [
-        s.value for s in (RequestStatus.received, RequestStatus.queued, RequestStatus.running)
-    ]
-    found = session.scalar(
-        select(DeletionRequest)
-        .where(
-            DeletionRequest.model_id == model.id,
-            DeletionRequest.identity_hash == identity,
-            DeletionRequest.status.in_(active),
-        )
-        .order_by(DeletionRequest.linked_request_id.is_not(None), DeletionRequest.created_at)
-    )
-    if found is not None and found.linked_request_id is not None:
-        return session.get(DeletionRequest, found.linked_request_id)
-    return found
-
-
-def _duplicate_plan(
-    session: Session, model: RegisteredModel, version: ModelVersion, identity: str
-) -> tuple[bool, list[Step], DeletionRequest | None]:
-    """How a request for `identity` proceeds: (store the portrait?, transitions, request to follow).
-
-    Already forgotten by the serving version: complete now, no portrait kept, no job. Already in
-    flight: follow that request (its portrait is kept in case that one fails). Else: a new job.
-    """
-    if identity in (version.erased_identity_hashes or []):
-        reason = f"the identity is already erased from serving version v{version.version}"
-        return False, [(RequestStatus.completed, reason)], None
-    primary = _in_flight(session, model, identity)
-    if primary is not None:
-        reason = f"duplicate of request {primary.id} in flight; follows its outcome"
-        return True, [(RequestStatus.queued, reason)], primary
-    return True, [], None
-
-
-def _enqueue(session: Session, request: DeletionRequest) -> None:
-    """Send the task and keep its id; on failure the request stays queued for the sweeper."""
-    try:
-        request.task_id = enqueue_erase(request.id)
-        session.commit()
-    except Exception:
-        session.rollback()
-        log.exception("could not enqueue request %s; the sweeper will re-send it", request.id)
-
-
 def create_request(
     session: Session, settings: Settings, client: ApiClient, submission: Submission
 ) -> Created:
@@ -286,9 +190,8 @@ def create_request(
     fingerprint = _fingerprint(submission, identity)
     if key is not None and (earlier := _replay(session, client, key, fingerprint)):
         return earlier
-    model, version = serving_version(session, submission.model)
-    _check_method(submission.method)
-    _check_prepared(version, submission.method)
+    model, version = ready_serving(session, submission.model)
+    _check_method(submission.method, version)
     _check_identity_known(session, model, identity)
     portrait = validate_portrait(submission.portrait, settings)
 
@@ -298,7 +201,7 @@ def create_request(
     session.execute(
         select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update()
     )
-    store, steps, primary = _duplicate_plan(session, model, version, identity)
+    plan = duplicates.plan(session, model, version, identity)
     request = DeletionRequest(
         id=new_id(),
         client_id=client.id,
@@ -308,21 +211,28 @@ def create_request(
         idempotency_key=key,
         body_fingerprint=fingerprint,
         attempts=0,
-        linked_request_id=primary.id if primary is not None else None,
-        result_version_id=None if store else version.id,
+        linked_request_id=plan.follows.id if plan.follows is not None else None,
+        result_version_id=None if plan.store_portrait else version.id,
     )
     try:
-        _insert(session, settings, request, portrait.data, _actor(client), store=store, then=steps)
+        _insert(
+            session,
+            settings,
+            request,
+            portrait.data,
+            _actor(client),
+            store=plan.store_portrait,
+            then=plan.steps,
+        )
     except IntegrityError:
         # A concurrent submission with the same key won the insert: answer as its replay.
         if key is not None and (earlier := _replay(session, client, key, fingerprint)):
             return earlier
         raise
-    if steps:
+    if plan.steps:
         return Created(request, replayed=False)
     transition(session, request, RequestStatus.queued, _actor(client))
-    session.commit()
-    _enqueue(session, request)
+    queue.send_after_commit(session, queue.ERASE, request.id, holder=request)
     return Created(request, replayed=False)
 
 
@@ -346,26 +256,6 @@ def get_request(
     return request
 
 
-def encode_cursor(request: DeletionRequest) -> str:
-    """An opaque cursor after `request` in (created_at, id) descending order."""
-    created = request.created_at.astimezone(UTC).isoformat()
-    raw = json.dumps([created, request.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The (created_at, id) position of a cursor (422 `invalid_cursor` if malformed)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, request_id = json.loads(raw)
-        at = datetime.fromisoformat(created)
-        if at.tzinfo is None or not isinstance(request_id, str) or not storable(request_id):
-            raise ValueError("bad cursor")
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        raise ApiError.of("invalid_cursor") from None
-    return at, request_id
-
-
 def list_requests(
     session: Session,
     client: ApiClient,
@@ -385,28 +275,7 @@ def list_requests(
         if found is None:
             return [], None
         query = query.where(DeletionRequest.model_id == found.id)
-    if position is not None:
-        at, request_id = position
-        query = query.where(
-            or_(
-                DeletionRequest.created_at < at,
-                and_(DeletionRequest.created_at == at, DeletionRequest.id < request_id),
-            )
-        )
-    query = query.order_by(DeletionRequest.created_at.desc(), DeletionRequest.id.desc())
-    rows = list(session.scalars(query.limit(limit + 1)))
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
-    return page, next_cursor
-
-
-def _release_followers(
-    session: Session, request: DeletionRequest, actor: str
-) -> list[DeletionRequest]:
-    """Duplicates that followed a request which will not run: they run on their own now."""
-    released = followers(session, request.id)
-    release_followers(session, request.id, actor, f"request {request.id} was canceled")
-    return released
+    return page(session, query, DeletionRequest, after=position, limit=limit)
 
 
 def cancel_request(
@@ -420,16 +289,18 @@ def cancel_request(
         )
     transition(session, request, RequestStatus.canceled, _actor(client), "canceled by the client")
     uri, request.portrait_uri = request.portrait_uri, None
-    released = _release_followers(session, request, _actor(client))
+    released = duplicates.release_followers(
+        session, request.id, _actor(client), f"request {request.id} was canceled"
+    )
     session.commit()
     for follower in released:
-        _enqueue(session, follower)
+        queue.send_after_commit(session, queue.ERASE, follower.id, holder=follower)
     # Destroyed only after the commit: a failed commit must leave the queued request runnable.
     if uri is not None:
         portrait_vault(settings).destroy(uri)
     if request.task_id:
         try:
-            revoke_task(request.task_id)
+            queue.revoke(request.task_id)
         except Exception:
             log.warning("could not revoke task %s of request %s", request.task_id, request.id)
     return request

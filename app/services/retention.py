@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.services.registry import NoReadyVersion, head_version
+from app.services.lookup import NoReadyVersion, head_version
 from app.settings import Settings
 from app.storage import artifact_store
 from app.tables import Alias, ModelVersion, RegisteredModel, VersionStatus, utcnow

@@ -1,0 +1,101 @@
+"""The job queue: the Celery app, every task's name, and the one way to send a task.
+
+app/ owns the queue and sends tasks by name; worker/tasks.py registers the task bodies under these
+names. Nothing here imports torch or worker code, so the API stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import kombu.transport.sqlalchemy
+from celery import Celery
+from sqlalchemy.orm import Session
+
+from app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+PREPARE = "lethe.prepare"
+REFRESH = "lethe.refresh"
+ERASE = "lethe.erase"
+SWEEP = "lethe.sweep"
+BENCHMARK = "lethe.benchmark"
+TASKS = (PREPARE, REFRESH, ERASE, SWEEP, BENCHMARK)
+TASK_MODULE = "worker.tasks"  # imported by the worker process only, by name
+SQL_BROKER_PREFIX = "sqla+"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (`sqla+sqlite:///...`, `db+sqlite:///...`), else None."""
+    for prefix in ("sqla+sqlite:///", "db+sqlite:///"):
+        if url.startswith(prefix):
+            return Path(url.removeprefix(prefix))
+    return None
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    """Point `app` at the broker and result backend of `settings`."""
+    broker, backend = settings.resolved_broker_url, settings.resolved_result_backend
+    for url in (broker, backend):
+        path = _sqlite_file(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    if broker.startswith(SQL_BROKER_PREFIX):
+        # This transport forwards every transport option to create_engine(), so the polling
+        # interval can only be set on the class; producer and worker both import this module.
+        kombu.transport.sqlalchemy.Transport.polling_interval = settings.broker_polling_interval
+    app.conf.update(
+        broker_url=broker,
+        result_backend=backend,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        broker_connection_retry_on_startup=True,
+    )
+
+
+celery_app = Celery("lethe", include=[TASK_MODULE])
+configure(celery_app, get_settings())
+
+
+def send(task: str, *args: object, task_id: str | None = None) -> str:
+    """Send `task` with `args` by name and return its id (raises if the broker refuses)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    return celery_app.send_task(task, args=list(args), task_id=task_id).id
+
+
+class TaskHolder(Protocol):
+    """A row that remembers the id of the task running it."""
+
+    task_id: str | None
+
+
+def send_after_commit(
+    session: Session, task: str, *args: object, holder: TaskHolder | None = None
+) -> str | None:
+    """Commit what the caller recorded, then send `task`; None if the broker refused.
+
+    Record first, then send: a lost message leaves a row the sweeper re-sends, never a job without
+    a row. `holder` keeps the task id (committed too); on a failure it keeps none.
+    """
+    session.commit()
+    try:
+        task_id = send(task, *args)
+        if holder is not None:
+            holder.task_id = task_id
+            session.commit()
+    except Exception:
+        session.rollback()
+        log.exception("could not send %s%s; the sweeper will re-send it", task, list(args))
+        return None
+    return task_id
+
+
+def revoke(task_id: str) -> None:
+    """Ask workers to drop a task that has not started."""
+    celery_app.control.revoke(task_id)

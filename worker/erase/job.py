@@ -1,0 +1,82 @@
+"""The erasure job, phase by phase: claim (database), run (torch), record (one transaction).
+
+A job claims the request its task names plus other queued requests of the same model and method
+(a batch), erases them in one method call and writes one version. At-least-once delivery,
+exactly-once effect: a finished request is a no-op, every state change is fenced on the attempt
+that claimed each request, the per-model lease keeps one writer per version chain (the unique
+parent constraint backs it up), and recording is one transaction. The only thing a crash can
+leave behind is an unreferenced, content-addressed model file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from app.db import session_factory
+from app.settings import Settings
+from app.storage import portrait_vault
+from app.tables import TERMINAL, DeletionRequest, RequestStatus
+from worker import lease
+from worker.erase import claim, record, run
+from worker.erase.vocabulary import Busy, JobError, Outcome
+
+log = logging.getLogger(__name__)
+
+
+def erase_request(settings: Settings, request_id: str, task_id: str | None = None) -> Outcome:
+    """Run the erasure job led by `request_id` once; `task_id` is the Celery task running it.
+
+    The job claims the request and up to `batch_max_size - 1` other queued requests of the same
+    model and method, makes the head version forget all of them in one step, and records one new
+    version with an audit per request.
+    """
+    factory = session_factory(settings)
+    vault = portrait_vault(settings)
+    with factory() as session:
+        request = session.get(DeletionRequest, request_id)
+        if request is None:
+            return Outcome(request_id, "missing")
+        status = RequestStatus(request.status)
+        if status in TERMINAL:
+            claim.forget_portrait(session, vault, request)
+            return Outcome(request_id, status.value, request.result_version_id, "already finished")
+        if task_id and request.task_id and request.task_id != task_id:
+            return Outcome(request_id, status.value, None, "superseded by a re-sent task")
+        if status is RequestStatus.received:
+            raise Busy("the request is not queued yet", patience=60)
+        if request.linked_request_id is not None and status is RequestStatus.queued:
+            detail = f"linked to request {request.linked_request_id}, which erases it"
+            return Outcome(request_id, status.value, None, detail)
+        if status is RequestStatus.running:
+            outcome = claim.requeue_lost(session, vault, request, task_id, settings.requeue_cap)
+            if outcome is not None:
+                return outcome
+        attempt, model_id = request.attempts, request.model_id
+        wait = claim.batch_wait(session, settings, request)
+    if wait > 0:
+        claim.wait_for_company(factory, settings, request_id, wait)
+    owner = lease.owner_token(request_id, attempt)
+    with factory() as session:
+        if not lease.acquire(session, model_id, owner, settings.model_lock_seconds):
+            raise Busy(f"model {model_id} is busy with another erasure")
+    try:
+        job = claim.claim(settings, factory, vault, request_id, task_id, attempt, owner)
+        if isinstance(job, Outcome):
+            return job
+        start = time.perf_counter()
+        try:
+            with lease.kept_alive(factory, model_id, owner, settings.model_lock_seconds):
+                images, unreadable = run.read_portraits(vault, job, settings.max_portrait_pixels)
+                job = claim.fail_unreadable(factory, vault, job, unreadable)
+                if not job.members:
+                    failed = RequestStatus.failed.value
+                    return Outcome(request_id, failed, None, "portrait_unreadable")
+                result = run.run_erasure(settings, job, images)
+        except JobError as exc:
+            log.warning("erasure job %s failed: %s", job.batch_id, exc)
+            return claim.finish_failed(factory, vault, job, exc.code, exc.message)
+        return record.record(settings, factory, vault, job, result, start)
+    finally:
+        with factory() as session:
+            lease.release(session, model_id, owner)
