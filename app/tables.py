@@ -72,7 +72,7 @@ class Base(DeclarativeBase):
 
 
 class RequestStatus(enum.StrEnum):
-    """Deletion-request lifecycle (ARCHITECTURE §4)."""
+    """Deletion-request lifecycle (docs/architecture.md, "Request lifecycle")."""
 
     received = "received"
     queued = "queued"
@@ -326,7 +326,7 @@ class RequestEvent(Base):
 
 
 class Audit(Base):
-    """Before/after metrics of one erasure (ARCHITECTURE §6)."""
+    """Before/after metrics of one erasure (worker/audit.py computes them)."""
 
     __tablename__ = "audits"
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Needs = Literal["support", "support+retain"]
+ARTIFACT_PREFIX = "method:"  # a version's `artifacts` key of a method's onboarding statistics
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class MethodInfo:
     @property
     def artifact_key(self) -> str:
         """The key of its onboarding artifacts in a version's `artifacts`."""
-        return f"method:{self.name}"
+        return f"{ARTIFACT_PREFIX}{self.name}"
 
     @property
     def serves_requests(self) -> bool:

@@ -1,4 +1,4 @@
-"""Erasure-time audit metrics (ARCHITECTURE §6): portrait loss, confidence and membership, the
+"""Erasure-time audit metrics: portrait loss, confidence and membership, the
 audit-set score and agreement with the parent, the parameter change."""
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The onboarding job: read a registered checkpoint, build its identity index and audit kit.
 
-Runs while the training data still exists (ARCHITECTURE §1). The computation touches no
-database; its results are written in one transaction, so a version is `ready` only with its
-identity index, artifacts and (for a model's first version) the `serving` alias.
+Runs while the training data still exists (docs/architecture.md, "Two phases"). The
+computation touches no database; its results are written in one transaction, so a version is
+`ready` only with its identity index, artifacts and (for a model's first version) the `serving`
+alias.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from app.services.registry import set_alias, usable_methods
 from app.settings import Settings
 from app.storage import ArtifactStore, artifact_store
 from app.tables import SERVING, ModelIdentity, ModelVersion, RegisteredModel, VersionStatus, utcnow
+from models import catalog
 from models.catalog import ARCHITECTURES
 from models.data.base import DatasetError, FaceData
 from models.data.registry import DatasetSpec, load_dataset
 from models.data.splits import SplitIndices, Splits, split_indices
 from models.data.transforms import test_transform
 from models.device import default_device
-from models.methods import UnlearningMethod, get_method, resolve_config
+from models.methods import get_method, resolve_config
 from models.methods.prepare_data import build_prepare_data
 from models.nets import data_config
 from models.protocol import model_from_checkpoint
@@ -131,11 +133,7 @@ def load_inputs(
 
 def preparable_methods(settings: Settings) -> list[str]:
     """Methods of settings.prepare_methods that compute something at onboarding."""
-    return [
-        name
-        for name in settings.prepare_methods
-        if type(get_method(name)).prepare is not UnlearningMethod.prepare
-    ]
+    return [name for name in settings.prepare_methods if catalog.method(name).prepares]
 
 
 def _prepare_methods(
@@ -158,7 +156,7 @@ def _prepare_methods(
     transform = test_transform(data_config(model, inputs.image_size))
     prepare_data = None
     for step, name in enumerate(preparable_methods(settings), start=done):
-        report(f"method:{name}", step, total)
+        report(catalog.method(name).artifact_key, step, total)
         method = get_method(name)
         try:
             if prepare_data is None:
@@ -174,7 +172,8 @@ def _prepare_methods(
         if computed:
             buffer = io.BytesIO()
             torch.save(computed, buffer)
-            artifacts[f"method:{name}"] = store.put_bytes(METHOD_KIND, buffer.getvalue())
+            key = catalog.method(name).artifact_key
+            artifacts[key] = store.put_bytes(METHOD_KIND, buffer.getvalue())
     return artifacts
 
 

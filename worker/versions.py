@@ -16,6 +16,7 @@ from torch import nn
 
 from app.settings import Settings
 from app.storage import artifact_store
+from models import catalog
 from models.data.base import TaskSpec
 from models.data.transforms import test_transform
 from models.nets import data_config
@@ -107,7 +108,7 @@ def method_artifacts(
     settings: Settings, artifacts: dict[str, str], method: str, device: torch.device
 ) -> dict[str, Any]:
     """What `method` computed at onboarding for this version (empty if it needs nothing)."""
-    sha = artifacts.get(f"method:{method}")
+    sha = artifacts.get(catalog.method(method).artifact_key)
     if sha is None:
         return {}
     data = artifact_store(settings).read(METHOD_KIND, sha)

@@ -18,6 +18,7 @@ from app.services.lookup import NoReadyVersion, head_version
 from app.settings import Settings
 from app.storage import artifact_store
 from app.tables import Alias, ModelVersion, RegisteredModel, VersionStatus, utcnow
+from models.catalog import ARTIFACT_PREFIX
 
 log = logging.getLogger(__name__)
 AUDIT_KIND = "audit"  # worker.audit_kit.KIT_KIND, without importing torch
@@ -58,7 +59,7 @@ def blobs_of(version: ModelVersion) -> set[Blob]:
     for name, digest in (version.artifacts or {}).items():
         if name in AUDIT_ARTIFACTS:
             blobs.add((AUDIT_KIND, digest))
-        elif name.startswith("method:"):
+        elif name.startswith(ARTIFACT_PREFIX):
             blobs.add((METHOD_KIND, digest))
     return blobs
 
