@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from models.catalog import dataset
+from models.catalog import DEFAULT_DATASET, dataset
 from models.data.base import FaceData
 from models.data.registry import DatasetSpec, load_dataset
 from models.data.splits import SplitIndices, make_splits, split_indices
@@ -81,7 +81,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--budget", type=float, default=60.0, help="seconds of timed runs per cell, at most"
     )
     parser.add_argument("--epoch-repeats", type=int, default=2, help="timed retraining epochs")
-    parser.add_argument("--dataset", default="synthfaces")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET)
     parser.add_argument("--data-root", default=None, help="folder of a real data set")
     parser.add_argument("--arch", default=DEFAULT_ARCH)
     parser.add_argument("--image-size", type=int, default=64)

@@ -7,18 +7,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from models.catalog import DATASETS, DatasetInfo, dataset
+from models.catalog import DEFAULT_DATASET, DatasetInfo, dataset
 from models.data.base import FaceData
 from models.data.synthfaces import SynthFacesConfig, load_synthfaces
-
-DEFAULT_TASK = {name: info.default_task for name, info in DATASETS.items()}
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     """Enough to load the same data again: stored in checkpoints and benchmark results."""
 
-    name: str = "synthfaces"
+    name: str = DEFAULT_DATASET
     root: str | None = None
     image_size: int = 64  # synthfaces render size; real images are resized by the transforms
     seed: int = 0  # synthfaces generation seed (not the split seed)
