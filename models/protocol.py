@@ -239,9 +239,11 @@ def prepare_method(
     """Run the method's onboarding step on TRAIN minus support; (artifacts, seconds or None)."""
     if type(method).prepare is UnlearningMethod.prepare:
         return {}, None
-    transform = test_transform(data_config(model, image_size))
+    config = data_config(model, image_size)
     start = time.perf_counter()
-    prepared = build_prepare_data(data, task, indices, transform)
+    prepared = build_prepare_data(
+        data, task, indices, test_transform(config), train_augment=train_transform(config)
+    )
     artifacts = method.prepare(model, prepared, cfg)
     return artifacts, time.perf_counter() - start
 

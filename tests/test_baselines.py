@@ -49,7 +49,8 @@ def _data(task: TaskSpec, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
 
 def _prepare_data(task: TaskSpec, n: int = 16, batch: int = 8) -> PrepareData:
     images, targets = _data(task, n, seed=1)
-    return PrepareData(DataLoader(TensorDataset(images, targets), batch_size=batch), task)
+    loader = DataLoader(TensorDataset(images, targets), batch_size=batch)
+    return PrepareData(loader, task, train_augmented=loader)
 
 
 def _request(task: TaskSpec, n: int = 4) -> UnlearnRequest:
@@ -105,7 +106,8 @@ def test_ssd_with_an_infinite_selection_weighting_changes_nothing() -> None:
 def test_ssd_importances_match_a_manual_computation(task: TaskSpec) -> None:
     model = _model(task)
     data = _prepare_data(task, n=8, batch=4)
-    prepared = get_method("ssd").prepare(model, data, SSDConfig(batch_size=4))["importances"]
+    in_order = SSDConfig(batch_size=4, shuffle_seed=None)  # the math, in the loader's order
+    prepared = get_method("ssd").prepare(model, data, in_order)["importances"]
     manual = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for images, targets in data.train:
         model.zero_grad()
@@ -122,9 +124,35 @@ def test_ssd_importances_match_a_manual_computation(task: TaskSpec) -> None:
         torch.testing.assert_close(prepared[name], value, rtol=1e-5, atol=1e-12)
     # The loader's own batching does not matter: preparation regroups into cfg.batch_size.
     regrouped = dataclasses.replace(data, train=DataLoader(data.train.dataset, batch_size=3))
-    again = get_method("ssd").prepare(model, regrouped, SSDConfig(batch_size=4))["importances"]
+    again = get_method("ssd").prepare(model, regrouped, in_order)["importances"]
     for name, value in prepared.items():
         torch.testing.assert_close(again[name], value, rtol=1e-5, atol=1e-12)
+
+
+def _face_loader(data: FaceData, rows: list[int]) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    subset = FaceSubset(data, rows, "attributes", lambda x: x.float() / 255)
+    return DataLoader(subset, batch_size=16)
+
+
+def test_ssd_importances_do_not_depend_on_the_order_of_train(small_faces: FaceData) -> None:
+    task = small_faces.task("attributes")
+    torch.manual_seed(0)
+    model = create_model("test_resnet", task.num_outputs, 32).eval()
+    rows = list(range(0, len(small_faces.keys), 2))  # in data-set order: identities clustered
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(5))
+    permuted = [rows[k] for k in order.tolist()]
+    cfg = SSDConfig(batch_size=32, shuffle_seed=3)
+    ssd = get_method("ssd")
+    first = ssd.prepare(model, PrepareData(_face_loader(small_faces, rows), task), cfg)
+    second = ssd.prepare(model, PrepareData(_face_loader(small_faces, permuted), task), cfg)
+    for name, value in first["importances"].items():
+        assert torch.equal(second["importances"][name], value), name
+    # and the seeded order is not the listed one: in data-set order the importances differ
+    listed = dataclasses.replace(cfg, shuffle_seed=None)
+    clustered = ssd.prepare(model, PrepareData(_face_loader(small_faces, rows), task), listed)
+    assert any(
+        not torch.allclose(clustered["importances"][n], v) for n, v in first["importances"].items()
+    )
 
 
 # --- PGU ----------------------------------------------------------------------------------------
@@ -138,7 +166,7 @@ def pgu_runs() -> dict[str, object]:
     request.images = request.images.double()
     images, targets = _data(MULTILABEL, 16, seed=1)
     data = PrepareData(DataLoader(TensorDataset(images.double(), targets), 8), MULTILABEL)
-    cfg = PGUConfig(lr=0.5, epochs=2, gamma=0.9, targets="given")
+    cfg = PGUConfig(lr=0.5, epochs=2, gamma=0.9, targets="given", covariance_images="test")
     artifacts = get_method("pgu").prepare(model, data, cfg)
     retain = {
         name: artifacts["covariances"][name].double() - support
@@ -251,7 +279,8 @@ def test_each_baseline_runs_on_synthfaces(name: str, task_name: str, small_faces
     train = FaceSubset(small_faces, range(2, 34), task_name, transform)
     method = get_method(name)
     cfg = resolve_config(name, "synthfaces", "test_resnet", 1)
-    artifacts = method.prepare(model, PrepareData(DataLoader(train, batch_size=16), task), cfg)
+    loader = DataLoader(train, batch_size=16)
+    artifacts = method.prepare(model, PrepareData(loader, task, train_augmented=loader), cfg)
     portrait = FaceSubset(small_faces, [0], task_name, transform)[0][0].unsqueeze(0)
     before = _state(model)
     method.unlearn(model, UnlearnRequest(portrait, ["p"], task), artifacts, cfg)
@@ -265,3 +294,26 @@ def test_prepared_methods_refuse_to_run_without_their_artifacts(name: str) -> No
     method = get_method(name)
     with pytest.raises(ValueError, match="prepare"):
         method.unlearn(_model(MULTICLASS), _request(MULTICLASS), {}, method.Config())
+
+
+def test_pgu_sums_its_covariances_over_train_augmented_images_by_default(
+    small_faces: FaceData,
+) -> None:
+    task = small_faces.task("attributes")
+    model = _model(task)
+    config = data_config(model, 32)
+    plain = FaceSubset(small_faces, range(2, 34), "attributes", transforms.test_transform(config))
+    augment = transforms.train_transform(config)
+    augmented = DataLoader(FaceSubset(small_faces, range(2, 34), "attributes", augment), 16)
+    data = PrepareData(DataLoader(plain, batch_size=16), task, train_augmented=augmented)
+    pgu = get_method("pgu")
+    default = pgu.prepare(model, data, PGUConfig())["covariances"]
+    again = pgu.prepare(model, data, PGUConfig())["covariances"]
+    test_only = pgu.prepare(model, data, PGUConfig(covariance_images="test"))["covariances"]
+    expected = input_covariances(model, (images for images, _ in data.train))
+    for name, value in default.items():
+        torch.testing.assert_close(again[name], value)  # seeded: the same crops every time
+        torch.testing.assert_close(test_only[name], expected[name].float())
+    assert any(not torch.allclose(default[n], test_only[n]) for n in default)
+    with pytest.raises(ValueError, match="train_augmented"):
+        pgu.prepare(model, PrepareData(DataLoader(plain, batch_size=16), task), PGUConfig())

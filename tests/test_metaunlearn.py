@@ -23,6 +23,7 @@ from models.methods.metaunlearn_training import (
     build_meta_loss,
     export_artifacts,
     identity_chunks,
+    inner_step,
     outer_objective,
     request_losses,
 )
@@ -121,33 +122,64 @@ def test_meta_training_lowers_the_outer_objective() -> None:
     assert after < 0.5 * before
 
 
-def test_rev_objective_adds_the_val_term_and_its_gradient() -> None:
-    cfg = dataclasses.replace(SMALL, use_accs=False)
+def test_rev_objective_is_the_references_formula_in_value_and_gradient() -> None:
+    """rev = D(ℓ_f, sg ℓ_v^unl) + D(ℓ_v^unl, sg ℓ_v^orig), written out by hand."""
+    cfg = dataclasses.replace(SMALL, use_accs=False, loss_type="rev")
     model, meta = _setup("test_resnet", MULTILABEL, cfg)
     meta.eval()
     request = _request(MULTILABEL)
-    rev = dataclasses.replace(cfg, loss_type="rev")
-    full_losses = request_losses(model, meta, MULTILABEL, request, cfg)
-    rev_losses = request_losses(model, meta, MULTILABEL, request, rev)
-    assert all(not v.requires_grad for v in full_losses.val_after)
-    assert all(v.requires_grad for v in rev_losses.val_after)  # ℓ_v^unl keeps its gradient
-    extra = sum(
-        size * F.smooth_l1_loss(after, before).item()
-        for after, before, size in zip(
-            rev_losses.val_after, rev_losses.val_before, rev_losses.sizes, strict=True
+    params = list(meta.parameters())
+
+    losses = request_losses(model, meta, MULTILABEL, request, cfg)
+    assert all(v.requires_grad for v in losses.val_after)  # ℓ_v^unl keeps its gradient
+    by_hand = sum(
+        size
+        * (
+            F.smooth_l1_loss(forget, after.detach())
+            + F.smooth_l1_loss(after, before.detach())
         )
-    ) / sum(rev_losses.sizes)
-    full = alignment(full_losses, "smooth_l1").item()
-    assert alignment(rev_losses, "smooth_l1", "rev").item() == pytest.approx(full + extra)
-    # the gradient differs from the full objective's: φ also sees the VAL term
-    grads = []
-    for config in (cfg, rev):
-        meta.zero_grad(set_to_none=True)
-        outer_objective(model, meta, MULTILABEL, request, config).backward(
-            inputs=list(meta.parameters())
+        for forget, before, after, size in zip(
+            losses.forget, losses.val_before, losses.val_after, losses.sizes, strict=True
         )
-        grads.append(meta.net[0].weight.grad.clone())  # type: ignore[union-attr]
-    assert not torch.allclose(grads[0], grads[1])
+    ) / sum(losses.sizes)
+    expected = torch.autograd.grad(by_hand, params, allow_unused=True)
+
+    fresh = request_losses(model, meta, MULTILABEL, request, cfg)
+    value = alignment(fresh, "smooth_l1", "rev")
+    assert value.item() == pytest.approx(float(by_hand.detach()), rel=1e-6)
+    got = torch.autograd.grad(value, params, allow_unused=True)
+    for a, b in zip(got, expected, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+    # and it is not the full objective: different value and φ-gradient
+    full = dataclasses.replace(cfg, loss_type="full")
+    full_value = outer_objective(model, meta, MULTILABEL, request, full)
+    assert full_value.item() != pytest.approx(value.item())
+    full_grad = torch.autograd.grad(full_value, params, allow_unused=True)
+    assert any(
+        a is not None and not torch.allclose(a, b) for a, b in zip(got, full_grad, strict=True)
+    )
+
+
+def test_frozen_root_params_never_move_on_a_vit() -> None:
+    """freeze_root_params: cls_token and pos_embed stay, in the inner step and at erasure."""
+    cfg = dataclasses.replace(SMALL, use_accs=False, freeze_root_params=True, inner_lr=1.0)
+    model, meta = _setup("vit_tiny_patch16_224", MULTILABEL, cfg)
+    meta.eval()
+    root = {n for n, _ in model.named_parameters() if "." not in n}
+    assert {"cls_token", "pos_embed"} <= root
+    stepped = inner_step(model, meta, MULTILABEL, _request(MULTILABEL), cfg)
+    assert root.isdisjoint(stepped)
+    assert any(not torch.equal(stepped[n], p) for n, p in model.named_parameters() if n in stepped)
+    unfrozen = inner_step(model, meta, MULTILABEL, _request(MULTILABEL), SMALL)
+    assert root <= set(unfrozen)
+    artifacts = export_artifacts(meta, KEYS, model, MULTILABEL, cfg, [])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    request = UnlearnRequest(_images(2, 1), ["id-a", "id-d"], MULTILABEL)
+    after = get_method("metaunlearn").unlearn(copy.deepcopy(model), request, artifacts, cfg)
+    moved = {n for n, p in after.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and root.isdisjoint(moved)
 
 
 def _manual_step(
@@ -265,3 +297,20 @@ def test_registry_and_pinned_configs() -> None:
     hq20 = resolve_config("metaunlearn", "celebahq", "vit_base_patch16_224", 20)
     assert (hq20.n_simulated, hq20.meta_epochs, hq20.phi_lr) == (20, 3, 1e-4)
     assert resolve_config("metaunlearn", "synthfaces", "test_resnet", 1).max_requests_per_epoch
+
+
+def test_the_papers_values_stay_with_the_architecture_they_were_tuned_for() -> None:
+    from models.methods.registry import is_calibrated
+
+    vit = resolve_config("metaunlearn", "celeba", "vit_base_patch16_224", 5)
+    assert vit.inner_lr == 0.1 and is_calibrated("metaunlearn", "celeba", "vit_base_patch16_224", 5)
+    # the default CPU network on CelebA: no section was tuned for it, so the fallback runs
+    small = resolve_config("metaunlearn", "celeba", "test_resnet", 5)
+    assert small.inner_lr == 1e-4 and small.hidden == 128
+    assert not is_calibrated("metaunlearn", "celeba", "test_resnet", 5)
+    assert is_calibrated("metaunlearn", "synthfaces", "test_resnet", 5)
+    # an explicit override still wins over the fallback
+    assert resolve_config("metaunlearn", "celeba", "test_resnet", 5, inner_lr=0.5).inner_lr == 0.5
+    for method in ("jit", "ssd", "pgu", "neggrad", "scrub", "bad_teacher"):
+        assert not is_calibrated(method, "celeba", "test_resnet", 5), method
+        assert is_calibrated(method, "synthfaces", "test_resnet", 5), method

@@ -32,7 +32,7 @@ from models.catalog import ARCHITECTURES
 from models.data.base import DatasetError, FaceData
 from models.data.registry import DatasetSpec, load_dataset
 from models.data.splits import SplitIndices, Splits, split_indices
-from models.data.transforms import test_transform
+from models.data.transforms import test_transform, train_transform
 from models.device import default_device
 from models.methods import get_method, resolve_config
 from models.methods.prepare_data import build_prepare_data
@@ -153,7 +153,7 @@ def _prepare_methods(
     """
     artifacts = {}
     data, task = inputs.data, inputs.task
-    transform = test_transform(data_config(model, inputs.image_size))
+    config = data_config(model, inputs.image_size)
     prepare_data = None
     for step, name in enumerate(preparable_methods(settings), start=done):
         report(catalog.method(name).artifact_key, step, total)
@@ -162,7 +162,12 @@ def _prepare_methods(
             if prepare_data is None:
                 # The identity index is keyed like the service's stored identities.
                 prepare_data = build_prepare_data(
-                    data, task, inputs.indices, transform, lambda i: identity_hash(i, settings)
+                    data,
+                    task,
+                    inputs.indices,
+                    test_transform(config),
+                    lambda i: identity_hash(i, settings),
+                    train_augment=train_transform(config),
                 )
             cfg = resolve_config(name, data.name, arch, 1, **settings.method_options.get(name, {}))
             computed: dict[str, Any] = method.prepare(model, prepare_data, cfg)

@@ -133,4 +133,17 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         + summary_table(rows)
         + "\n## Runs\n\n"
         + markdown_table(rows)
+        + _uncalibrated_note(rows)
+    )
+
+
+def _uncalibrated_note(rows: list[dict[str, Any]]) -> str:
+    """A warning naming the methods that ran on their `[fallback]` config, if any did."""
+    names = sorted({row["method"] for row in rows if row.get("config_calibrated") is False})
+    if not names:
+        return ""
+    return (
+        "\nNot calibrated for this data set and architecture (their `[fallback]` config ran): "
+        + ", ".join(names)
+        + ".\n"
     )

@@ -25,6 +25,7 @@ from models.data.splits import SplitIndices, make_splits, split_indices
 from models.device import default_device
 from models.methods import UnlearningMethod, UnlearnRequest, get_method, resolve_config
 from models.methods.base import Artifacts
+from models.methods.registry import is_calibrated
 from models.metrics.mia import LOSS_MIA_NAME, RMIA_MAX_FPR, RMIA_NAME, rmia
 from models.protocol import (
     Evaluation,
@@ -250,6 +251,7 @@ def _method_row(
         **_row(name, run.seed, run.requests, ev, reference, seconds),
         **_rmia_columns(target, ref_signals, labels),
         "prepare_seconds": prepare_seconds,
+        "config_calibrated": is_calibrated(name, setup.dataset.name, setup.arch, run.requests),
     }
     return row, asdict(method_cfg)
 

@@ -49,6 +49,7 @@ class PrepareData:
     train_targets: dict[str, torch.Tensor] | None = None  # identity key → targets of those images
     val_images: torch.Tensor | None = None
     val_targets: torch.Tensor | None = None
+    train_augmented: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None  # train transform
 
 
 class UnlearningMethod(ABC):

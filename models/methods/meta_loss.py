@@ -150,9 +150,14 @@ def _prefixed(params: Params) -> Params:
     return {f"model.{name}": value for name, value in params.items()}
 
 
-def trainable(model: nn.Module) -> Params:
-    """The parameters the step updates (those that require a gradient)."""
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+def trainable(model: nn.Module, freeze_root: bool = False) -> Params:
+    """The parameters the step updates: those that require a gradient, without the ones the root
+    module owns itself (no dot in their name) when `freeze_root`."""
+    return {
+        name: p
+        for name, p in model.named_parameters()
+        if p.requires_grad and not (freeze_root and "." not in name)
+    }
 
 
 def gradients(

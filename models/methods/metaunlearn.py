@@ -94,7 +94,7 @@ class MetaUnlearn(UnlearningMethod):
         first = next(model.parameters())
         meta = load_meta_loss(artifacts, first.device, first.dtype)
         model.eval()
-        params = trainable(model)
+        params = trainable(model, cfg.freeze_root_params)
         with torch.enable_grad():  # the caller may run erasures under no_grad
             loss = support_meta_loss(
                 model_forward(model),

@@ -47,9 +47,15 @@ class MetaUnlearnConfig:
     hidden: int = 512
     dropout: float = 0.5
     distance: Distance = "smooth_l1"
-    # "full": the reference objective; "rev": ℓ_v^unl keeps its gradient and a third term
-    # D(ℓ_v^unl, ℓ_v^orig) keeps VAL behaviour unchanged by the step.
+    # The reference's two objectives, its distance never differentiating its second argument:
+    # "full": D(ℓ_f, sg ℓ_v^orig) + D(ℓ_f, sg ℓ_v^unl);
+    # "rev": D(ℓ_f, sg ℓ_v^unl) + D(ℓ_v^unl, sg ℓ_v^orig), so the step also keeps VAL unchanged.
     loss_type: LossType = "full"
+    # The reference's functional copy writes only into leaf modules, so parameters the root module
+    # owns itself (a ViT's cls_token and pos_embed) never move, in meta-training or at erasure.
+    # False (Lethe's default): the step updates them like any other parameter; True: as the
+    # reference. No effect on networks without such parameters (ResNets).
+    freeze_root_params: bool = False
     use_accs: bool = True  # weight task losses by (1 − batch score)
     targets: TargetMode = "pseudo"
     use_feats: bool = True
@@ -95,7 +101,7 @@ def inner_step(
     cfg: MetaUnlearnConfig,
 ) -> Params:
     """θ_u = θ − η·∇θ M, kept differentiable with respect to φ (second order)."""
-    params = trainable(model)
+    params = trainable(model, cfg.freeze_root_params)
     loss = support_meta_loss(
         model_forward(model),
         meta,
@@ -179,18 +185,14 @@ def request_losses(
 
 
 def alignment(losses: RequestLosses, kind: Distance, loss_type: LossType = "full") -> torch.Tensor:
-    """A = Σ|b|·(D(ℓ_f, ℓ_v^orig) + D(ℓ_f, ℓ_v^unl) [+ D(ℓ_v^unl, ℓ_v^orig)]) / Σ|b|."""
+    """A = Σ|b|·term / Σ|b| over forget batches b (terms: MetaUnlearnConfig.loss_type)."""
     assert losses.sizes, "a simulated request needs at least one forget batch"
     terms = []
     for forget, before, after, size in zip(
         losses.forget, losses.val_before, losses.val_after, losses.sizes, strict=True
     ):
         if loss_type == "rev":
-            term = (
-                distance(forget, before, kind)
-                + distance(forget, after, kind)
-                + distance(after, before, kind)
-            )
+            term = distance(forget, after.detach(), kind) + distance(after, before.detach(), kind)
         else:
             term = distance(forget, before, kind) + distance(forget, after, kind)
         terms.append(size * term)

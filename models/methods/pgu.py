@@ -47,6 +47,10 @@ class PGUConfig:
     # Reference quirks (clean default → reference value):
     reference_multilabel_indexing: bool = False  # True: index sigmoid outputs by 0/1 target values
     multilabel_entropy: Literal["binary", "softmax"] = "binary"  # "softmax": over all attributes
+    # The retain covariances are summed over TRAIN under the training transform, as the reference
+    # does ("train_augmented", seeded by augment_seed); "test": the test transform instead.
+    covariance_images: Literal["train_augmented", "test"] = "train_augmented"
+    augment_seed: int = 0
 
 
 def projectable(module: nn.Module) -> bool:
@@ -227,7 +231,14 @@ class PGU(UnlearningMethod):
 
     def prepare(self, model: nn.Module, data: PrepareData, cfg: PGUConfig) -> Artifacts:
         """Sum each projectable layer's input covariance over the training data."""
-        covariances = input_covariances(model, (images for images, _ in data.train))
+        loader = data.train
+        if cfg.covariance_images == "train_augmented":
+            if data.train_augmented is None:
+                raise ValueError("pgu: covariance_images='train_augmented' needs train_augmented")
+            loader = data.train_augmented
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.augment_seed)  # the random crops and flips
+            covariances = input_covariances(model, (images for images, _ in loader))
         return {"covariances": {name: c.float() for name, c in covariances.items()}}
 
     def unlearn(

@@ -37,13 +37,18 @@ def build_prepare_data(
     transform: Transform,
     identity_key: Callable[[str], str] = str,
     batch_size: int = 64,
+    train_augment: Transform | None = None,
 ) -> PrepareData:
-    """TRAIN (minus support) as a loader and grouped by identity key, plus VAL, test-transformed.
+    """TRAIN (minus support) as a loader and grouped by identity key, plus VAL, test-transformed;
+    with `train_augment`, TRAIN once more under that (random) training transform.
 
     `identity_key` maps an identity ID to the key the identity index will hold: the plain ID in
     benchmarks, the keyed hash (`app.security.identity_hash`) in the service.
     """
     targets = torch.from_numpy(data.targets[task])
+    augmented = None
+    if train_augment is not None:
+        augmented = FaceSubset(data, indices.train, task, train_augment)
     groups = group_by_identity(data, indices.train, identity_key)
     return PrepareData(
         train=DataLoader(FaceSubset(data, indices.train, task, transform), batch_size=batch_size),
@@ -52,4 +57,5 @@ def build_prepare_data(
         train_targets={key: targets[rows] for key, rows in groups.items()},
         val_images=_stack(data, indices.val, transform),
         val_targets=targets[indices.val],
+        train_augmented=None if augmented is None else DataLoader(augmented, batch_size=batch_size),
     )

@@ -62,24 +62,53 @@ def _matches(section: str, dataset: str, arch: str, requests: int) -> int | None
     return sum(p != "*" for p in parts)
 
 
+FALLBACK = "fallback"  # the TOML table applied where no section was tuned for the architecture
+
+
+def _sections(method: str) -> dict[str, dict[str, Any]]:
+    source = resources.files("models.methods") / "configs" / f"{method}.toml"
+    return tomllib.loads(source.read_text()) if source.is_file() else {}
+
+
+def _ranked(
+    sections: dict[str, dict[str, Any]], dataset: str, arch: str, requests: int
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """The matching `dataset/arch/requests` sections, least specific first."""
+    ranked = []
+    for section, table in sections.items():
+        if section == FALLBACK:
+            continue
+        rank = _matches(section, dataset, arch, requests)
+        if rank is not None:
+            ranked.append((rank, section, table))
+    return sorted(ranked, key=lambda item: item[0])
+
+
+def is_calibrated(method: str, dataset: str, arch: str, requests: int) -> bool:
+    """Whether a pinned section was tuned for this architecture (it names `arch` explicitly).
+
+    Values tuned for one network rarely suit another (a ViT-B/16 step size wrecks a small ResNet),
+    so a setting without one runs on the method's conservative `[fallback]` table, and benchmark
+    rows and erasure audits record `config_calibrated: false`.
+    """
+    ranked = _ranked(_sections(method), dataset, arch, requests)
+    return any(section.split("/")[1] == arch for _, section, _ in ranked)
+
+
 def resolve_config(method: str, dataset: str, arch: str, requests: int, **overrides: Any) -> Any:
-    """The method's config for a setting: defaults, then matching pinned sections, then overrides.
+    """The method's config for a setting: defaults, pinned sections, then overrides.
 
     Sections of `configs/<method>.toml` are named `dataset/arch/requests`; `*` matches anything
-    and more specific sections win.
+    and more specific sections win. Where no matching section names the architecture, the
+    `[fallback]` table comes first (after the defaults), so dataset-wide sections still apply.
     """
     cls = type(get_method(method))
     values: dict[str, Any] = {}
-    source = resources.files("models.methods") / "configs" / f"{method}.toml"
-    if source.is_file():
-        sections = tomllib.loads(source.read_text())
-        ranked = []
-        for section, table in sections.items():
-            rank = _matches(section, dataset, arch, requests)
-            if rank is not None:
-                ranked.append((rank, table))
-        for _, table in sorted(ranked, key=lambda item: item[0]):
-            values.update(table)
+    sections = _sections(method)
+    if not is_calibrated(method, dataset, arch, requests):
+        values.update(sections.get(FALLBACK, {}))
+    for _, _, table in _ranked(sections, dataset, arch, requests):
+        values.update(table)
     values.update(overrides)
     names = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = set(values) - names

@@ -4,11 +4,13 @@ Diagonal-Fisher importances I_D over the training data (prepared at onboarding) 
 support images; every parameter entry with I_S > α·I_D is multiplied by min(λ·I_D/I_S, 1). No
 gradient steps. As in the reference, importances are squared gradients of the *batch-mean* task
 loss averaged over batches, taken in eval mode, and the rule covers every parameter tensor
-(biases and norms included).
+(biases and norms included); the task loss is BCE-with-logits on multi-label tasks and
+cross-entropy on multi-class ones, as in the 1-SHUI reference code.
 
-Deviation: the reference uses cross-entropy everywhere; on multi-label tasks we use
-BCE-with-logits, the loss those heads are trained with (a softmax over independent attributes
-would measure the wrong thing).
+I_D is taken over TRAIN in a seeded random order, as the reference's shuffled loader does: a
+squared batch-mean gradient over batches that each hold few identities (data-set order) is much
+larger than over mixed batches, and would leave most entries undampened. The rows are put in a
+canonical order first, so the batches depend on the seed only, not on how TRAIN was listed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from models.data.base import TaskKind
 from models.methods.base import Artifacts, PrepareData, UnlearningMethod, UnlearnRequest
@@ -36,6 +39,7 @@ class SSDConfig:
     selection_weighting: float = 10.0  # α
     batch_size: int = 128
     targets: TargetSource = "pseudo"  # production portraits come without labels
+    shuffle_seed: int | None = 0  # I_D's batch order; None: TRAIN's own order (biased, see above)
 
 
 def rebatch(batches: Iterable[Batch], size: int) -> Iterator[Batch]:
@@ -56,6 +60,22 @@ def rebatch(batches: Iterable[Batch], size: int) -> Iterator[Batch]:
             images, targets, held = [all_x[size:]], [all_y[size:]], held - size
     if held:
         yield torch.cat(images), torch.cat(targets)
+
+
+def shuffled(loader: DataLoader[Batch], seed: int | None) -> Iterable[Batch]:
+    """The loader's rows in an order set by `seed` alone (None: the loader as it is)."""
+    if seed is None:
+        return loader
+    dataset = loader.dataset
+    rows = getattr(dataset, "indices", None)
+    canonical = (
+        sorted(range(len(rows)), key=rows.__getitem__)
+        if isinstance(rows, list)
+        else list(range(len(dataset)))  # type: ignore[arg-type]
+    )
+    order = torch.randperm(len(canonical), generator=torch.Generator().manual_seed(seed))
+    picked = Subset(dataset, [canonical[k] for k in order.tolist()])
+    return DataLoader(picked, batch_size=loader.batch_size or 64)
 
 
 def importances(model: nn.Module, kind: TaskKind, batches: Iterable[Batch]) -> Importances:
@@ -103,7 +123,11 @@ class SSD(UnlearningMethod):
     def prepare(self, model: nn.Module, data: PrepareData, cfg: SSDConfig) -> Artifacts:
         """I_D over the training data, regrouped into `cfg.batch_size` batches."""
         return {
-            "importances": importances(model, data.task.kind, rebatch(data.train, cfg.batch_size))
+            "importances": importances(
+                model,
+                data.task.kind,
+                rebatch(shuffled(data.train, cfg.shuffle_seed), cfg.batch_size),
+            )
         }
 
     def unlearn(

@@ -82,7 +82,13 @@ def loss_mia(
     test_losses: ArrayLike,
     n_jobs: int | None = None,
 ) -> MiaResult:
-    """Random-forest MIA on per-sample loss: fit RETAIN(1)/VAL(0), attack FORGET(1)/TEST(0)."""
+    """Random-forest MIA on per-sample loss: fit RETAIN(1)/VAL(0), attack FORGET(1)/TEST(0).
+
+    The grid point with the best accuracy (forget samples called non-members) is kept, and its
+    AUC is reported as computed. Where every forest calls all forget samples members (accuracy 0),
+    the 1-SHUI reference code reports AUC 0 instead of that point's AUC; this keeps the real one,
+    so an AUC next to an accuracy of 0 is not comparable with the reference's.
+    """
     retain = _as_numpy_1d(retain_losses, "retain_losses")
     val = _as_numpy_1d(val_losses, "val_losses")
     forget = _as_numpy_1d(forget_losses, "forget_losses")

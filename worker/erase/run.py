@@ -20,6 +20,7 @@ from app.settings import Settings
 from app.storage import PortraitVault, artifact_store
 from models.device import default_device
 from models.methods import UnlearnRequest, get_method, resolve_config
+from models.methods.registry import is_calibrated
 from models.train.checkpoint import Checkpoint, save_checkpoint
 from worker.audit import forward, parameter_change_l2, pseudo_labels, snapshot
 from worker.erase.vocabulary import METHOD_ERROR, Job, Result, stage
@@ -88,6 +89,7 @@ def run_erasure(settings: Settings, job: Job, images: list[torch.Tensor]) -> Res
         overrides = settings.method_options.get(job.method, {})
         dataset, arch = config["dataset"]["name"], parent.checkpoint.arch
         cfg = resolve_config(job.method, dataset, arch, size, **overrides)
+        calibrated = is_calibrated(job.method, dataset, arch, size)
         artifacts = method_artifacts(settings, job.parent_artifacts, job.method, device)
     with stage("audit_error"):
         portraits = torch.stack([parent.transform(image) for image in images])
@@ -144,6 +146,7 @@ def run_erasure(settings: Settings, job: Job, images: list[torch.Tensor]) -> Res
         run={
             "method": job.method,
             "config": resolved,
+            "config_calibrated": calibrated,
             "parent_version": job.parent_version,
             "batch_id": job.batch_id,
             "batch_size": size,
