@@ -142,3 +142,18 @@ def test_privileged_request_loads_exactly_retain_and_forget(small_faces: FaceDat
         seen = torch.cat([batch_targets for _, batch_targets in loader])
         assert seen.shape[0] == len(rows)
         assert torch.equal(seen.sum(dim=0), targets[rows].sum(dim=0))
+
+
+def test_the_report_names_methods_that_ran_without_a_calibrated_config(tmp_path: Path) -> None:
+    rows = _rows()
+    write_markdown(_results(rows), tmp_path / "calibrated.md")
+    assert "Not calibrated" not in (tmp_path / "calibrated.md").read_text()
+    for row in rows:
+        if row["method"] == "jit":
+            row["config_calibrated"] = False
+        elif row["method"] == "scrub":
+            row["config_calibrated"] = True
+    write_markdown(_results(rows), tmp_path / "fallback.md")
+    text = (tmp_path / "fallback.md").read_text()
+    assert "Not calibrated for this data set and architecture" in text
+    assert text.rstrip().endswith(": jit.")

@@ -78,6 +78,7 @@ def test_erase_completes_promotes_and_destroys_the_portrait(
     assert audit.run["param_change_l2"] > 0 and audit.run["wall_seconds"] > 0
     assert audit.run["device"] and audit.run["peak_memory_bytes"] > 0
     assert audit.run["promoted"] is True
+    assert audit.run["config_calibrated"] is True  # synthfaces/test_resnet has a pinned section
     assert audit.delta["audit_score_drop"] == pytest.approx(
         audit.before["audit_score"] - audit.after["audit_score"]
     )
