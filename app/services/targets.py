@@ -9,7 +9,7 @@ attribute name as its key (docs/extending.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from sqlalchemy import select
@@ -31,8 +31,8 @@ class ErasureTarget(Protocol):
         """The keys `version` has erased (its own and its ancestors')."""
         ...
 
-    def with_erased(self, version: ModelVersion, keys: Iterable[str]) -> list[str]:
-        """What a child of `version` that also erased `keys` has erased, in order, once each."""
+    def extended(self, erased: Sequence[str], keys: Iterable[str]) -> list[str]:
+        """What a child of a version that had erased `erased` holds once it also erases `keys`."""
         ...
 
 
@@ -49,9 +49,9 @@ class IdentityTarget:
         """The identity hashes `version` has erased."""
         return set(version.erased_identity_hashes or [])
 
-    def with_erased(self, version: ModelVersion, keys: Iterable[str]) -> list[str]:
-        """`version`'s erased identities followed by `keys`, without repeats."""
-        return list(dict.fromkeys([*(version.erased_identity_hashes or []), *keys]))
+    def extended(self, erased: Sequence[str], keys: Iterable[str]) -> list[str]:
+        """The parent's erased identities followed by `keys`, in order, without repeats."""
+        return list(dict.fromkeys([*erased, *keys]))
 
 
 IDENTITY = IdentityTarget()
@@ -75,22 +75,25 @@ def _completed(session: Session, model: RegisteredModel) -> list[DeletionRequest
     )
 
 
-def missing_requests(session: Session, model: RegisteredModel, version: ModelVersion) -> list[str]:
-    """Ids of completed requests of `model` whose erasure `version` does not contain.
-
-    Pointing `serving` at such a version would bring those people back: a rollback must keep them.
-    """
+def _lacking(
+    session: Session, model: RegisteredModel, version: ModelVersion
+) -> list[DeletionRequest]:
+    """Completed requests of `model` whose erasure `version` does not contain, oldest first."""
     return [
-        request.id
+        request
         for request in _completed(session, model)
         if target_of(request).key(request) not in target_of(request).erased(version)
     ]
 
 
+def missing_requests(session: Session, model: RegisteredModel, version: ModelVersion) -> list[str]:
+    """Ids of completed requests of `model` whose erasure `version` does not contain.
+
+    Pointing `serving` at such a version would bring those people back: a rollback must keep them.
+    """
+    return [request.id for request in _lacking(session, model, version)]
+
+
 def missing_erasures(session: Session, model: RegisteredModel, version: ModelVersion) -> set[str]:
     """Keys of completed erasures of `model` that `version` does not contain."""
-    return {
-        target_of(request).key(request)
-        for request in _completed(session, model)
-        if target_of(request).key(request) not in target_of(request).erased(version)
-    }
+    return {target_of(request).key(request) for request in _lacking(session, model, version)}

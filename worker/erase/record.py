@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.services.duplicates import settle_followers
 from app.services.lifecycle import transition
 from app.services.registry import refresh_if_due, set_alias
-from app.services.targets import missing_erasures
+from app.services.targets import IDENTITY, missing_erasures
 from app.settings import Settings
 from app.storage import PortraitVault
 from app.tables import SERVING, Audit, ModelVersion, RegisteredModel, VersionStatus
@@ -38,7 +38,7 @@ def _new_version(
     latest = session.scalar(
         select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
     )
-    erased = list(dict.fromkeys([*job.parent_erased, *(m.identity_hash for m in job.members)]))
+    erased = IDENTITY.extended(job.parent_erased, (m.identity_hash for m in job.members))
     version = ModelVersion(
         model_id=model.id,
         version=int(latest or 0) + 1,
