@@ -7,13 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.catalog import DATASETS, DEFAULT_DATASET
+from models.catalog import DATASETS, DEFAULT_DATASET, DEFAULT_PRESET, PRESETS
 
 # OpenAPI enums from the catalog (models/catalog.py imports no torch).
 DATASET_NAMES = tuple(DATASETS)
 TASK_NAMES = tuple(dict.fromkeys(task for d in DATASETS.values() for task in d.tasks))
 DatasetName = Literal[DATASET_NAMES]  # type: ignore[valid-type]
 TaskName = Literal[TASK_NAMES]  # type: ignore[valid-type]
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 class ErrorDetail(BaseModel):
@@ -284,10 +285,18 @@ class BenchmarkCreate(BaseModel):
     task: TaskName | None = Field(
         default=None, description="`--task`; default: the data set's own task."
     )
-    arch: str | None = Field(
-        default=None, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="timm"
+    preset: PresetName = Field(
+        default=DEFAULT_PRESET, description="`--preset`: network, weights, resolution, recipe."
     )
-    image_size: int = Field(default=64, ge=16, le=1024)
+    arch: str | None = Field(
+        default=None,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="timm; default: the preset's",
+    )
+    image_size: int | None = Field(
+        default=None, ge=16, le=1024, description="default: the preset's"
+    )
     synth_identities: int | None = Field(default=None, ge=10, le=100_000)
     epochs: int | None = Field(default=None, ge=1, le=1000)
     lr: float | None = Field(default=None, gt=0, le=10)

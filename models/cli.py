@@ -51,37 +51,38 @@ def _overrides(items: Sequence[str], *, scoped: bool) -> dict[str, Any]:
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    from models.catalog import DATASETS, DEFAULT_ARCH, DEFAULT_DATASET
+    from models.catalog import DATASETS, DEFAULT_DATASET, DEFAULT_PRESET, PRESETS
 
     parser.add_argument("--dataset", default=DEFAULT_DATASET, help=", ".join(DATASETS))
     parser.add_argument("--data-root", help="folder of a real data set, in its published layout")
     parser.add_argument("--task", help="attributes or age (default: the data set's own task)")
-    parser.add_argument("--arch", default=DEFAULT_ARCH, help="any timm architecture name")
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        choices=list(PRESETS),
+        help="network, weights, resolution and training recipe; "
+        + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()),
+    )
+    parser.add_argument("--arch", help="any timm architecture name (default: the preset's)")
+    parser.add_argument("--image-size", type=int, help="default: the preset's")
     parser.add_argument("--synth-identities", type=int, help="synthfaces: number of identities")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the CPU recipe's)")
     parser.add_argument("--lr", type=float, help="training learning rate")
 
 
 def _setup(args: argparse.Namespace) -> Any:
-    from models.catalog import dataset
-    from models.data.registry import DatasetSpec
-    from models.protocol import ModelSetup
-    from models.train.config import TrainConfig
+    from models.presets import preset_setup
 
-    train = TrainConfig()
-    changes = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
-    return ModelSetup(
-        dataset=DatasetSpec(
-            name=args.dataset,
-            root=args.data_root,
-            image_size=args.image_size,
-            num_identities=args.synth_identities,
-        ),
-        task=args.task or dataset(args.dataset).default_task,
+    return preset_setup(
+        args.preset,
+        dataset_name=args.dataset,
+        data_root=args.data_root,
+        task=args.task,
         arch=args.arch,
         image_size=args.image_size,
-        train=replace(train, **changes),
+        synth_identities=args.synth_identities,
+        epochs=args.epochs,
+        lr=args.lr,
     )
 
 

@@ -25,7 +25,8 @@ from models.methods.prepare_data import build_prepare_data
 from models.metrics.mia import loss_mia
 from models.metrics.scores import per_sample_loss
 from models.metrics.tow import SetScores, tug_of_war
-from models.nets import create_model, data_config
+from models.nets import create_model, data_config, freeze_modules
+from models.nets.pretrained import pretrained_weights
 from models.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.train.config import TrainConfig
 from models.train.trainer import train_model
@@ -43,28 +44,42 @@ class ModelSetup:
     arch: str
     image_size: int
     train: TrainConfig
+    pretrained: str | None = None  # weights shipped in a package (models/nets/pretrained.py)
 
     def to_dict(self) -> dict[str, object]:
-        """Plain form for checkpoints and results."""
+        """Plain form for checkpoints and results (pretrained weights with their SHA-256)."""
+        pretrained = None
+        if self.pretrained is not None:
+            weights = pretrained_weights(self.pretrained, self.arch)
+            pretrained = {"name": weights.name, "file": weights.path.name, "sha256": weights.sha256}
         return {
             "dataset": self.dataset.to_dict(),
             "task": self.task,
             "arch": self.arch,
             "image_size": self.image_size,
+            "pretrained": pretrained,
             "train": asdict(self.train),
         }
 
 
 def build_model(setup: ModelSetup, data: FaceData) -> nn.Module:
-    """A fresh network for `setup`, its head sized from the task."""
-    return create_model(setup.arch, data.task(setup.task).num_outputs, setup.image_size)
+    """A fresh (or pretrained) network for `setup`, its head sized from the task."""
+    model = create_model(
+        setup.arch,
+        data.task(setup.task).num_outputs,
+        setup.image_size,
+        pretrained=setup.pretrained,
+    )
+    return freeze_modules(model, setup.train.frozen)
 
 
 def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
-    """Rebuild the network a checkpoint describes and load its weights."""
+    """Rebuild the network a checkpoint describes (frozen parts frozen) and load its weights."""
     model = create_model(
         checkpoint.arch, len(checkpoint.task["labels"]), int(checkpoint.config["image_size"])
     )
+    frozen = checkpoint.config.get("train", {}).get("frozen", ())
+    freeze_modules(model, frozen)
     model.load_state_dict(checkpoint.state_dict)
     return model.eval()
 

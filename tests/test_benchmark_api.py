@@ -165,7 +165,8 @@ def test_create_records_then_enqueues_and_report_waits(api: Api) -> None:
     assert body["status"] == "queued" and body["params"] == TINY
     assert body["rows"] is None and body["config"] is None and body["report_url"] is None
     assert body["argv"] == [
-        "--dataset", "synthfaces", "--task", "attributes", "--image-size", "32",
+        "--dataset", "synthfaces", "--task", "attributes", "--preset", "scratch",
+        "--image-size", "32",
         "--synth-identities", "40", "--epochs", "1", "--requests", "3", "--seeds", "0,1",
         "--methods", "jit", "--no-rmia",
     ]  # fmt: skip
@@ -235,6 +236,18 @@ def test_argv_parses_to_the_config_the_body_describes(tmp_path: Path) -> None:
     assert list(cfg.methods) == ["jit", "ssd"]
     assert cfg.method_overrides == {"jit": {"lr": 0.01, "eval_mode": False}, "ssd": {"alpha": 10}}
     assert cfg.rmia and cfg.rmia_augmentations == 3 and cfg.rmia_population == 100
+
+    pretrained = benchmark_service.benchmark_argv(
+        BenchmarkCreate(preset="pretrained"), Settings(_env_file=None)
+    )
+    args = build_parser().parse_args(["benchmark", *pretrained, "--out", str(tmp_path)])
+    setup = benchmark_config(args).setup
+    assert (setup.arch, setup.image_size, setup.pretrained) == (
+        "tf_efficientnet_lite0",
+        112,
+        "imagenet",
+    )
+    assert "blocks.4" in setup.train.frozen and setup.train.epochs == 6
 
     every = benchmark_service.benchmark_argv(
         BenchmarkCreate(methods="all"), Settings(_env_file=None)

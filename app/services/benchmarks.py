@@ -92,11 +92,10 @@ def benchmark_argv(body: BenchmarkCreate, settings: Settings) -> list[str]:
     root = _data_root(body, settings)
     if root is not None:
         argv += ["--data-root", str(root)]
-    argv += ["--task", task]
-    if body.arch is not None:
-        argv += ["--arch", body.arch]
-    argv += ["--image-size", str(body.image_size)]
+    argv += ["--task", task, "--preset", body.preset]
     for flag, value in (
+        ("--arch", body.arch),
+        ("--image-size", body.image_size),
         ("--synth-identities", body.synth_identities),
         ("--epochs", body.epochs),
         ("--lr", body.lr),

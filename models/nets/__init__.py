@@ -6,6 +6,14 @@ from models.nets.factory import (
     create_model,
     data_config,
     features_and_logits,
+    freeze_modules,
 )
 
-__all__ = ["DEFAULT_ARCH", "KNOWN_ARCHS", "create_model", "data_config", "features_and_logits"]
+__all__ = [
+    "DEFAULT_ARCH",
+    "KNOWN_ARCHS",
+    "create_model",
+    "data_config",
+    "features_and_logits",
+    "freeze_modules",
+]

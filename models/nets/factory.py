@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import timm
+import timm.utils.model
 import torch
 from torch import nn
 
 from models.catalog import ARCHITECTURES, DEFAULT_ARCH
+from models.nets.pretrained import load_pretrained, pretrained_weights
 
 KNOWN_ARCHS = tuple(ARCHITECTURES)  # exercised by tests and benchmarks; any timm name also works
-__all__ = ["DEFAULT_ARCH", "KNOWN_ARCHS", "create_model", "data_config", "features_and_logits"]
+__all__ = [
+    "DEFAULT_ARCH",
+    "KNOWN_ARCHS",
+    "create_model",
+    "data_config",
+    "features_and_logits",
+    "freeze_modules",
+]
 
 
 def _is_vit(arch: str) -> bool:
@@ -23,18 +33,29 @@ def create_model(
     num_outputs: int,
     image_size: int,
     weights: Path | str | None = None,
+    pretrained: str | None = None,
     **kwargs: object,
 ) -> nn.Module:
     """Build `arch` with a `num_outputs` head for `image_size` inputs.
 
-    Weights come only from a local file (`weights`): timm drops a head of the wrong size and
-    resizes ViT position embeddings; without one the network starts from random initialisation.
+    Weights come only from a local file (`weights`: timm drops a head of the wrong size and
+    resizes ViT position embeddings) or from an installed package (`pretrained`, e.g.
+    "imagenet", models/nets/pretrained.py); with neither the network starts from random
+    initialisation.
     """
     if arch not in timm.list_models():
         raise ValueError(f"unknown architecture {arch!r} (timm has no such model)")
+    if weights is not None and pretrained is not None:
+        raise ValueError("give a weights file or pretrained weights, not both")
     if _is_vit(arch):
         kwargs.setdefault("img_size", image_size)
-    if weights is None:
+    if pretrained is not None:
+        source = pretrained_weights(pretrained, arch)
+        model = timm.create_model(arch, pretrained=False, num_classes=1000, **kwargs)
+        load_pretrained(model, source)
+        if num_outputs != 1000:  # 1000 outputs keep the ImageNet head (its own sanity check)
+            model.reset_classifier(num_outputs)
+    elif weights is None:
         model = timm.create_model(arch, pretrained=False, num_classes=num_outputs, **kwargs)
     else:
         path = Path(weights)
@@ -48,6 +69,22 @@ def create_model(
             **kwargs,
         )
     _check_head(arch, model)
+    return model
+
+
+def freeze_modules(model: nn.Module, names: Sequence[str]) -> nn.Module:
+    """Freeze the named submodules in place: no gradients, BatchNorm statistics fixed.
+
+    Frozen BatchNorms become timm's FrozenBatchNorm (their state_dict loses
+    `num_batches_tracked`), so a frozen network is frozen again before its weights are loaded.
+    """
+    if not names:
+        return model
+    known = dict(model.named_modules())
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"cannot freeze {unknown}: the network has no such modules")
+    timm.utils.model.freeze(model, list(names))
     return model
 
 

@@ -23,3 +23,5 @@ class TrainConfig:
     crop_scale: tuple[float, float] = (0.6, 1.0)
     seed: int = 0
     eval_batch_size: int = 256
+    # modules kept at their pretrained values, weights and BN statistics (models/nets/factory.py)
+    frozen: tuple[str, ...] = ()

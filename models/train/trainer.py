@@ -63,7 +63,8 @@ def train_model(
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator)
     model.to(device)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
     total = cfg.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

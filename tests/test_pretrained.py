@@ -1,0 +1,109 @@
+"""ImageNet weights from an installed package: a strict load that must classify real photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from sklearn.datasets import load_sample_image
+
+from models.data.registry import DatasetSpec
+from models.data.splits import make_splits, split_indices
+from models.nets import create_model, freeze_modules
+from models.nets.pretrained import load_pretrained, pretrained_weights
+from models.presets import preset_setup
+from models.protocol import model_from_checkpoint, train_reference
+from models.train.checkpoint import file_sha256, load_checkpoint
+
+ARCH = "tf_efficientnet_lite0"
+# ImageNet-1k class indices: 698 palace, 985 daisy
+PHOTOS = {"china.jpg": 698, "flower.jpg": 985}
+
+
+@pytest.fixture(scope="module")
+def imagenet_model() -> torch.nn.Module:
+    return create_model(ARCH, num_outputs=1000, image_size=224, pretrained="imagenet").eval()
+
+
+@pytest.mark.parametrize(("photo", "label"), PHOTOS.items())
+def test_loaded_network_recognises_a_photo(
+    imagenet_model: torch.nn.Module, photo: str, label: int
+) -> None:
+    config = timm.data.resolve_model_data_config(imagenet_model)
+    assert config["mean"] == config["std"] == (0.5, 0.5, 0.5)
+    image = timm.data.create_transform(**config)(Image.fromarray(load_sample_image(photo)))
+    with torch.no_grad():
+        probs = imagenet_model(image.unsqueeze(0)).softmax(-1)[0]
+    assert int(probs.argmax()) == label
+    assert float(probs[label]) > 0.2  # a random or misaligned network gives ~0.001
+
+
+def test_the_remap_is_strict_and_positional() -> None:
+    weights = pretrained_weights("imagenet", ARCH)
+    assert weights.sha256 == file_sha256(weights.path)
+    source = torch.load(weights.path, map_location="cpu", weights_only=True)
+    model = create_model(ARCH, 1000, 224, pretrained="imagenet")
+    assert len(source) == len(model.state_dict()) == 296
+    for tensor, loaded in zip(source.values(), model.state_dict().values(), strict=True):
+        assert torch.equal(tensor, loaded)
+    other = create_model("resnet18", 1000, 64)
+    with pytest.raises(ValueError, match="tensors"):
+        load_pretrained(other, weights)
+    with pytest.raises(ValueError, match="not for 'resnet18'"):
+        create_model("resnet18", 17, 64, pretrained="imagenet")
+    with pytest.raises(ValueError, match="unknown pretrained"):
+        create_model(ARCH, 17, 64, pretrained="faces")
+
+
+def test_a_task_head_is_fresh_and_the_trunk_pretrained() -> None:
+    imagenet = create_model(ARCH, 1000, 96, pretrained="imagenet")
+    model = create_model(ARCH, 17, 96, pretrained="imagenet")
+    assert model.get_classifier().out_features == 17
+    torch.testing.assert_close(model.conv_stem.weight, imagenet.conv_stem.weight)
+
+
+def test_frozen_modules_keep_their_weights_and_statistics() -> None:
+    model = freeze_modules(create_model(ARCH, 5, 64, pretrained="imagenet"), ["conv_stem", "bn1"])
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("bn1.")}
+    model.train()
+    model(torch.randn(4, 3, 64, 64) * 3 + 1).sum().backward()
+    assert model.conv_stem.weight.grad is None and not model.conv_stem.weight.requires_grad
+    for key, value in before.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert model.blocks[0][0].conv_dw.weight.grad is not None
+    with pytest.raises(ValueError, match="no such modules"):
+        freeze_modules(model, ["blocks.99"])
+
+
+def test_a_pretrained_checkpoint_records_its_weights_and_rebuilds_frozen(tmp_path) -> None:
+    setup = preset_setup(
+        "pretrained", dataset_name="synthfaces", image_size=32, synth_identities=12, epochs=1
+    )
+    from models.data.registry import load_dataset
+
+    assert setup.dataset == DatasetSpec(image_size=32, num_identities=12)
+    data = load_dataset(setup.dataset)
+    splits = make_splits(data.identities, data.keys, 2, 0)
+    indices = split_indices(data, splits)
+    path = tmp_path / "original.pth"
+    model, _, _ = train_reference(
+        setup, data, splits, indices, "original", torch.device("cpu"), path, progress=False
+    )
+    checkpoint = load_checkpoint(path)
+    recorded = checkpoint.config["pretrained"]
+    assert recorded["name"] == "imagenet"
+    assert recorded["sha256"] == pretrained_weights("imagenet", ARCH).sha256
+    rebuilt = model_from_checkpoint(checkpoint)
+    assert not rebuilt.conv_stem.weight.requires_grad
+    imagenet = create_model(ARCH, 1000, 32, pretrained="imagenet")
+    torch.testing.assert_close(rebuilt.conv_stem.weight, imagenet.conv_stem.weight)
+    images = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 3, 32, 32))).float()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(images), model.eval()(images))
+
+
+def test_the_preset_refuses_another_network() -> None:
+    with pytest.raises(ValueError, match="tf_efficientnet_lite0 with imagenet"):
+        preset_setup("pretrained", dataset_name="synthfaces", arch="resnet18")
