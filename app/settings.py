@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     batch_window_seconds: float = Field(default=1.0, ge=0.0)
     # Re-run preparation on the serving version after this many erasure jobs (0: on demand only).
     refresh_after_erasures: int = Field(default=0, ge=0)
+    # torch intra-op threads of each computing process (worker, benchmark, demo). Default: the
+    # usable cores divided by `compute_processes`, the torch processes that run at once here.
+    torch_threads: int | None = Field(default=None, ge=1)
+    compute_processes: int = Field(default=1, ge=1)
     # Onboarding reads checkpoints uploaded, or from a path under one of these folders
     # (default: data_dir/models), and training data only from under data_roots.
     checkpoint_dirs: list[Path] = Field(default_factory=list)

@@ -68,9 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMPUTING = frozenset({"train", "unlearn", "evaluate", "benchmark", "demo"})
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the `lethe` console script."""
-    run(build_parser(), argv)
+    """Entry point of the `lethe` console script; computing commands get their share of cores."""
+    parser = build_parser()
+    command = parser.parse_known_args(argv)[0].command
+    if command in COMPUTING:
+        from app.settings import get_settings
+        from worker.threads import configure_threads
+
+        configure_threads(get_settings())
+    run(parser, argv)
 
 
 if __name__ == "__main__":

@@ -66,11 +66,13 @@ def sweep_task() -> dict[str, Any]:
 
 
 @worker_process_init.connect
-def _fresh_connections(**_: Any) -> None:
-    """A forked pool process must not share the parent's database connections."""
+def _fresh_process(**_: Any) -> None:
+    """A forked pool process gets its own database connections and its share of the cores."""
     from app.db import get_engine
+    from worker.threads import configure_threads
 
     get_engine(get_settings()).dispose(close=False)
+    configure_threads(get_settings())
 
 
 def _sweep_forever(interval: float) -> None:
