@@ -47,6 +47,11 @@ _CODES = (
     ErrorCode(422, "method_unknown", "No unlearning method has this name."),
     ErrorCode(422, "method_not_allowed", "The method needs training data; benchmark use only."),
     ErrorCode(409, "method_not_prepared", "The serving version lacks this method's artifacts."),
+    ErrorCode(
+        409,
+        "method_ineffective",
+        "The method's calibrated efficacy on the serving version is below LETHE_EFFICACY_FLOOR.",
+    ),
     ErrorCode(422, "invalid_cursor", "The pagination cursor is malformed."),
     ErrorCode(404, "request_not_found", "No deletion request with this id is visible to you."),
     ErrorCode(409, "not_cancelable", "Only a queued request can be canceled."),

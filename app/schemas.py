@@ -154,6 +154,12 @@ class ModelVersionOut(BaseModel):
         default=None, description="The version whose weights the artifacts were computed on."
     )
     artifacts_prepared_at: datetime | None = None
+    efficacy: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Calibrated efficacy on the artifacts' version: per method, simulated "
+        "single-portrait erasures' membership score before/after against the non-member level, "
+        "the identities' task score before/after and the audit-set drop.",
+    )
     purged_at: datetime | None = Field(
         default=None, description="Weights and artifacts removed by retention; metadata kept."
     )

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     batch_window_seconds: float = Field(default=1.0, ge=0.0)
     # Re-run preparation on the serving version after this many erasure jobs (0: on demand only).
     refresh_after_erasures: int = Field(default=0, ge=0)
+    # Simulated single-portrait erasures per method at onboarding and refresh (0: none), and the
+    # membership gap a method must close on them to serve production requests (None: no floor).
+    efficacy_trials: int = Field(default=20, ge=0, le=1000)
+    efficacy_floor: float | None = Field(default=None, ge=0.0, le=1.0)
     # torch intra-op threads of each computing process (worker, benchmark, demo). Default: the
     # usable cores divided by `compute_processes`, the torch processes that run at once here.
     torch_threads: int | None = Field(default=None, ge=1)

@@ -192,6 +192,9 @@ class ModelVersion(Base):
     resolved_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     erased_identity_hashes: Mapped[list[str]] = mapped_column(JSON, default=list)
     artifacts: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # name -> sha256
+    # Calibrated efficacy of each method on these weights (worker/efficacy.py); set with the
+    # artifacts, so a version reads it from its artifacts' source version.
+    efficacy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prepare_error: Mapped[str | None] = mapped_column(Text)
     # Where the training data is (dataset, root, task, split_seed); children inherit it.
     training_data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

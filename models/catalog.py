@@ -104,7 +104,7 @@ PRETRAINED: dict[str, PretrainedInfo] = {
 
 @dataclass(frozen=True)
 class PresetInfo:
-    """A model setup by name: network, weights, resolution and training recipe (models/presets.py)."""
+    """A named model setup: network, weights, resolution, training recipe (models/presets.py)."""
 
     name: str
     description: str

@@ -35,11 +35,11 @@ def preset_setup(
     """The ModelSetup of preset `name`; any option given (not None) replaces the preset's."""
     info = preset(name)
     size = image_size if image_size is not None else info.image_size
-    recipe = replace(
-        preset_train_config(name), **{k: v for k, v in train.items() if v is not None}
-    )
+    recipe = replace(preset_train_config(name), **{k: v for k, v in train.items() if v is not None})
     if arch is not None and arch != info.arch and info.pretrained is not None:
-        raise ValueError(f"preset {name!r} is {info.arch} with {info.pretrained} weights, not {arch}")
+        raise ValueError(
+            f"preset {name!r} is {info.arch} with {info.pretrained} weights, not {arch}"
+        )
     return ModelSetup(
         dataset=DatasetSpec(
             name=dataset_name, root=data_root, image_size=size, num_identities=synth_identities

@@ -206,6 +206,9 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         "artifact_dir": None,
         "storage_key": None,
         "identity_secret": TEST_IDENTITY_SECRET,
+        # two simulated erasures per method keep each onboarding fast; tests of the
+        # calibration itself ask for more
+        "efficacy_trials": 2,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]

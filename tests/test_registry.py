@@ -159,12 +159,15 @@ def test_upload_onboards_and_progress_is_visible(api: Api, checkpoint_file: Path
         assert prepare_version(api.settings, version_id)["status"] == "ready"
     finally:
         prepare_module.progress_writer = original  # type: ignore[assignment]
-    assert [p["stage"] for p in seen] == ["validating", "identity_index", "audit_kit"]
-    assert [p["done"] for p in seen] == [0, 1, 2] and {p["total"] for p in seen} == {3}
+    assert [p["stage"] for p in seen] == ["validating", "identity_index", "audit_kit", "efficacy"]
+    assert [p["done"] for p in seen] == [0, 1, 2, 3] and {p["total"] for p in seen} == {4}
 
     ready = api.call("GET", f"/models/{MODEL}/versions/1", key="reader").json()
     assert ready["status"] == "ready" and ready["aliases"] == ["serving"]
-    assert ready["progress"]["stage"] == "done" and ready["progress"]["done"] == 3
+    assert ready["progress"]["stage"] == "done" and ready["progress"]["done"] == 4
+    efficacy = ready["efficacy"]
+    assert efficacy["trials"] == 2 and set(efficacy["methods"]) == set(ready["methods_ready"])
+    assert efficacy["methods"]["jit"]["membership_gap_closed"]["n"] <= 2
     assert "jit" in ready["methods_ready"] and "metaunlearn" not in ready["methods_ready"]
     assert "scrub" not in ready["methods_ready"]  # privileged: never on a production request
     assert ready["artifacts_version"] == 1 and ready["artifacts_prepared_at"]

@@ -39,7 +39,8 @@ from models.methods.prepare_data import build_prepare_data
 from models.nets import data_config
 from models.protocol import model_from_checkpoint
 from models.train.checkpoint import Checkpoint, load_checkpoint
-from worker.audit_kit import build_audit_kit, store_audit_kit
+from worker.audit_kit import AuditKit, build_audit_kit, store_audit_kit
+from worker.efficacy import EFFICACY_KIND, Calibration, pick_trials
 from worker.versions import METHOD_KIND, task_spec
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Prepared:
     task: str
     identity_hashes: list[str]
     artifacts: dict[str, str]
+    efficacy: dict[str, Any]
     training_data: dict[str, Any]
     total: int
 
@@ -145,13 +147,14 @@ def _prepare_methods(
     report: Report,
     done: int,
     total: int,
-) -> dict[str, str]:
-    """Run `prepare` of each preparable method; store results as tensors.
+) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """Run `prepare` of each preparable method; store results as tensors. Returns the stored
+    names and hashes, and what each method computed (for the efficacy calibration).
 
     A method whose preparation fails is logged and left out: the version still serves the
     methods that need nothing, and requests for the missing one are refused by the API.
     """
-    artifacts = {}
+    artifacts, prepared = {}, {}
     data, task = inputs.data, inputs.task
     config = data_config(model, inputs.image_size)
     prepare_data = None
@@ -179,23 +182,80 @@ def _prepare_methods(
             torch.save(computed, buffer)
             key = catalog.method(name).artifact_key
             artifacts[key] = store.put_bytes(METHOD_KIND, buffer.getvalue())
-    return artifacts
+            prepared[name] = computed
+    return artifacts, prepared
+
+
+def calibrate_efficacy(
+    settings: Settings,
+    model: torch.nn.Module,
+    inputs: Inputs,
+    kit: AuditKit,
+    arch: str,
+    methods: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Simulated single-portrait erasures (worker/efficacy.py) for each method in `methods`,
+    keyed by name to what it prepared; a method whose calibration fails is logged and left out."""
+    if settings.efficacy_trials == 0:
+        return {}
+    data, task, size = inputs.data, inputs.task, inputs.image_size
+    trials = pick_trials(data, inputs.indices, settings.efficacy_trials, inputs.splits.seed)
+    summary: dict[str, Any] = {
+        "kind": EFFICACY_KIND,
+        "trials": len(trials),
+        "measured_at": utcnow().isoformat(),
+        "methods": {},
+    }
+    if not trials:
+        summary["note"] = "no training identity has enough photos for a simulated erasure"
+        return summary
+    calibration = Calibration(
+        model,
+        data,
+        task,
+        inputs.indices,
+        kit,
+        test_transform(data_config(model, size)),
+        default_device(),
+        trials,
+        identity_key=lambda i: identity_hash(i, settings),
+    )
+    for name, computed in methods.items():
+        options = settings.method_options.get(name, {})
+        try:
+            cfg = resolve_config(name, data.name, arch, 1, **options)
+            summary["methods"][name] = calibration.calibrate(name, cfg, computed)
+        except Exception:
+            log.exception("efficacy calibration of method %s failed; it has none", name)
+    return summary
 
 
 def build_artifacts(
     settings: Settings, checkpoint: Checkpoint, inputs: Inputs, report: Report
-) -> tuple[dict[str, str], int]:
-    """Audit kit and method artifacts on the checkpoint's weights; returns them and the steps."""
+) -> tuple[dict[str, str], dict[str, Any], int]:
+    """Audit kit, method artifacts and calibrated efficacy on the checkpoint's weights; returns
+    the artifacts, the efficacy and the number of steps."""
     store = artifact_store(settings)
-    total = 3 + len(preparable_methods(settings))
+    total = steps_total(settings)
     report("audit_kit", 2, total)
     device = default_device()
     model = model_from_checkpoint(checkpoint).to(device)
     data, task, indices, size = inputs.data, inputs.task, inputs.indices, inputs.image_size
     kit = build_audit_kit(model, data, task, indices, size, device, seed=inputs.splits.seed)
     artifacts = store_audit_kit(store, kit)
-    artifacts |= _prepare_methods(settings, store, model, inputs, checkpoint.arch, report, 3, total)
-    return artifacts, total
+    stored, prepared = _prepare_methods(
+        settings, store, model, inputs, checkpoint.arch, report, 3, total
+    )
+    artifacts |= stored
+    report("efficacy", total - 1, total)
+    usable = {name: prepared.get(name, {}) for name in usable_methods(artifacts)}
+    efficacy = calibrate_efficacy(settings, model, inputs, kit, checkpoint.arch, usable)
+    return artifacts, efficacy, total
+
+
+def steps_total(settings: Settings) -> int:
+    """Preparation's steps: validating, identity index, audit kit, each method, efficacy."""
+    return 4 + len(preparable_methods(settings))
 
 
 def compute(
@@ -205,7 +265,7 @@ def compute(
     report: Report = _silent,
 ) -> Prepared:
     """Everything a version needs before it can serve erasures (no database access)."""
-    total = 3 + len(preparable_methods(settings))
+    total = steps_total(settings)
     report("validating", 0, total)
     store = artifact_store(settings)
     with store.local_copy("models", sha256) as path:
@@ -214,12 +274,13 @@ def compute(
     report("identity_index", 1, total)
     inputs = load_inputs(settings, checkpoint, training_data)
     identities = sorted({identity_hash(i, settings) for i in inputs.splits.train})
-    artifacts, total = build_artifacts(settings, checkpoint, inputs, report)
+    artifacts, efficacy, total = build_artifacts(settings, checkpoint, inputs, report)
     return Prepared(
         arch=checkpoint.arch,
         task=inputs.task,
         identity_hashes=identities,
         artifacts=artifacts,
+        efficacy=efficacy,
         training_data=inputs.training_data,
         total=total,
     )
@@ -271,6 +332,7 @@ def _apply(session: Session, version: ModelVersion, prepared: Prepared) -> dict[
     model.task = prepared.task
     version.arch = prepared.arch
     version.artifacts = prepared.artifacts
+    version.efficacy = prepared.efficacy
     version.training_data = prepared.training_data
     version.artifacts_version_id = version.id
     version.artifacts_prepared_at = utcnow()

@@ -101,7 +101,7 @@ def refresh_version(settings: Settings, version_id: int) -> dict[str, Any]:
         return {"version_id": version_id, **outcome}
     inputs, excluded = without_erased(settings, inputs, erased)
     try:
-        artifacts, _ = build_artifacts(settings, checkpoint, inputs, report)
+        artifacts, efficacy, _ = build_artifacts(settings, checkpoint, inputs, report)
     except Exception as exc:
         log.exception("refresh of version %s failed", version_id)
         outcome = {"outcome": "failed", "detail": f"{type(exc).__name__}: {exc}"[:1000]}
@@ -117,6 +117,7 @@ def refresh_version(settings: Settings, version_id: int) -> dict[str, Any]:
         version_id,
         outcome,
         artifacts=artifacts,
+        efficacy=efficacy,
         artifacts_version_id=version_id,
         artifacts_prepared_at=utcnow(),
     )

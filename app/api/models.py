@@ -107,6 +107,7 @@ def _version_out(
         training_data=training_data_of(session, version),
         artifacts_version=None if source is None else source.version,
         artifacts_prepared_at=None if source is None else source.artifacts_prepared_at,
+        efficacy=dict(source.efficacy or {}) if source is not None else {},
         purged_at=version.purged_at,
     )
 

@@ -227,6 +227,27 @@ def artifacts_source(session: Session, version: ModelVersion) -> ModelVersion | 
     return None
 
 
+def method_efficacy(
+    session: Session, version: ModelVersion, method: str
+) -> dict[str, Any] | None:
+    """`method`'s calibrated efficacy on `version` (from its artifacts' source), or None."""
+    source = artifacts_source(session, version)
+    if source is None:
+        return None
+    entry = ((source.efficacy or {}).get("methods") or {}).get(method)
+    if entry is None:
+        return None
+    return {**entry, "measured_on_version": source.version}
+
+
+def gap_closed(efficacy: dict[str, Any] | None) -> float | None:
+    """The mean membership gap closure of a method's efficacy entry (None if unmeasured)."""
+    if efficacy is None:
+        return None
+    value = (efficacy.get("membership_gap_closed") or {}).get("mean")
+    return None if value is None else float(value)
+
+
 def methods_ready(version: ModelVersion) -> list[str]:
     """Methods a production request can use on `version` (its artifacts exist, or none needed)."""
     return usable_methods(version.artifacts or {}) if usable(version) else []

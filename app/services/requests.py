@@ -20,6 +20,7 @@ from app.services.lifecycle import transition
 from app.services.lookup import find_model, serving_version, storable
 from app.services.pagination import decode_cursor, page
 from app.services.portraits import validate_portrait
+from app.services.registry import gap_closed, method_efficacy
 from app.settings import Settings
 from app.storage import portrait_vault
 from app.tables import (
@@ -128,6 +129,24 @@ def _check_method(method: str, version: ModelVersion) -> None:
         )
 
 
+def _check_efficacy(
+    session: Session, settings: Settings, method: str, version: ModelVersion
+) -> None:
+    """With LETHE_EFFICACY_FLOOR set, the method's calibrated efficacy must reach it."""
+    floor = settings.efficacy_floor
+    if floor is None:
+        return
+    measured = gap_closed(method_efficacy(session, version, method))
+    if measured is None or measured < floor:
+        shown = "unmeasured" if measured is None else f"{measured:.2f}"
+        raise ApiError.of(
+            "method_ineffective",
+            f"method {method!r} closes a membership gap of {shown} on version "
+            f"{version.version}'s simulated erasures; the floor is {floor:.2f}",
+            details={"method": method, "gap_closed": measured, "floor": floor},
+        )
+
+
 def _check_identity_known(session: Session, model: RegisteredModel, identity: str) -> None:
     row = session.get(ModelIdentity, (model.id, identity))
     if row is None:
@@ -192,6 +211,7 @@ def create_request(
         return earlier
     model, version = ready_serving(session, submission.model)
     _check_method(submission.method, version)
+    _check_efficacy(session, settings, submission.method, version)
     _check_identity_known(session, model, identity)
     portrait = validate_portrait(submission.portrait, settings)
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.services.duplicates import settle_followers
 from app.services.lifecycle import transition
-from app.services.registry import refresh_if_due, set_alias
+from app.services.registry import method_efficacy, refresh_if_due, set_alias
 from app.services.targets import IDENTITY, missing_erasures
 from app.settings import Settings
 from app.storage import PortraitVault
@@ -103,6 +103,10 @@ def record(
             "guardrail_max_score_drop": limit,
             "guardrail_passed": verdict.passed,
             "promoted": verdict.promote,
+            # what this method forgets on simulated single-portrait erasures of these weights
+            "calibrated_efficacy": method_efficacy(
+                session, session.get_one(ModelVersion, job.parent_id), job.method
+            ),
         }
         task = result.parent.task
         uris: list[str | None] = []
