@@ -1,4 +1,5 @@
-"""Benchmark outputs: mean ± std summary, ToW-vs-time plot, RMIA signals, privileged data."""
+"""Benchmark outputs: summary with intervals, paired statistics, the plot, RMIA signals,
+privileged data."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.benchmark.paired import forgetting, paired
 from models.benchmark.plot import plot_tow_vs_time
 from models.benchmark.report import summarize, summary_table, write_markdown
 from models.data.base import FaceData
@@ -73,7 +75,56 @@ def test_summary_is_mean_and_sample_std_over_seeds() -> None:
             assert entry[key].mean == pytest.approx(np.mean(values))
             assert entry[key].std == pytest.approx(np.std(values, ddof=1))
     jit = next(e for e in summary if (e["method"], e["requests"]) == ("jit", 5))
-    assert f"{jit['tow'].mean:.2f} ± {jit['tow'].std:.2f}" in summary_table(rows)
+    assert f"{jit['tow'].mean:.2f} ± {jit['tow'].ci95:.2f}" in summary_table(rows)
+    # 95 % Student-t half-width of three values: t(0.975, 2) · s / √3
+    assert jit["tow"].ci95 == pytest.approx(4.302653 * jit["tow"].std / np.sqrt(3), rel=1e-5)
+
+
+def _pass(requests: int, seed: int, forget: dict[str, float], test: dict[str, float],
+          tow: dict[str, float]) -> list[dict[str, Any]]:
+    return [
+        {"method": m, "requests": requests, "seed": seed, "forget": forget[m], "test": test[m],
+         "tow": tow[m]}
+        for m in forget
+    ]  # fmt: skip
+
+
+def test_gap_closure_test_drop_and_paired_differences_by_hand(tmp_path: Path) -> None:
+    rows = []
+    # seed, (original, retrain, a, b) forget; test; ToW of a and b
+    for seed, forget, test, tow in (
+        (0, (90, 70, 80, 88), (60, 60, 59, 60), (80, 70)),
+        (1, (85, 75, 75, 85), (61, 60, 58, 61), (90, 75)),
+        (2, (88, 68, 78, 84), (62, 61, 62, 60), (70, 72)),
+    ):
+        names = ("original", "retrain", "a", "b")
+        rows += _pass(
+            5, seed, dict(zip(names, map(float, forget), strict=True)),
+            dict(zip(names, map(float, test), strict=True)),
+            {"original": 60.0, "retrain": 100.0, "a": float(tow[0]), "b": float(tow[1])},
+        )  # fmt: skip
+    by_method = {f.method: f for f in forgetting(rows)}
+    # a: (90−80)/20 = 0.5, (85−75)/10 = 1.0, (88−78)/20 = 0.5
+    assert by_method["a"].closure == pytest.approx([0.5, 1.0, 0.5])
+    assert by_method["a"].test_drop == pytest.approx([1.0, 3.0, 0.0])
+    interval = by_method["a"].closure_ci
+    # mean 2/3, s = 0.288675, t(0.975, 2) = 4.302653: half-width 0.717109
+    assert interval.mean == pytest.approx(2 / 3)
+    assert interval.low == pytest.approx(2 / 3 - 0.717109, abs=1e-5)
+    assert interval.high == pytest.approx(2 / 3 + 0.717109, abs=1e-5)
+    pairs = {(p.method, p.other): p for p in paired(rows)}
+    assert pairs[("a", "b")].differences == [10.0, 15.0, -2.0]
+    assert pairs[("a", "b")].wins == 2
+    # mean 7.666667, s = 8.736895, sem = 5.044249: half-width 21.703575
+    assert pairs[("a", "b")].ci.high == pytest.approx(7.666667 + 21.703575, abs=1e-4)
+    assert pairs[("b", "original")].differences == [10.0, 15.0, 12.0]
+    held_out = {(p.method, p.other): p for p in paired(rows, seeds=[1, 2])}
+    assert held_out[("a", "b")].differences == [15.0, -2.0]
+
+    write_markdown({"config": _results(rows)["config"], "rows": rows}, tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    assert "held-out seeds [1, 2] (seed 0 calibrates)" in text
+    assert "| a | b | 5 | 3 | 7.67 [-14.04, 29.37] | 2/3 | 10.00, 15.00, -2.00 |" in text
 
 
 def test_a_single_seed_shows_just_the_mean(tmp_path: Path) -> None:

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import nn
 
 from models.data.base import FaceData
 from models.data.splits import SplitIndices
 from models.methods import UnlearnRequest, get_method
 from models.metrics.scores import per_sample_loss, task_score
+from models.metrics.stats import mean_ci
 from worker.audit import forward, pseudo_labels
 from worker.audit_kit import AuditKit
 
@@ -59,18 +59,6 @@ def pick_trials(data: FaceData, indices: SplitIndices, count: int, seed: int) ->
         portrait = rng.choice(rows)
         trials.append(Trial(name, portrait, [r for r in rows if r != portrait]))
     return trials
-
-
-def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float | int | None]:
-    """Mean and Student-t confidence interval of `values` (NaNs dropped)."""
-    finite = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
-    if finite.size == 0:
-        return {"mean": None, "low": None, "high": None, "n": 0}
-    mean = float(finite.mean())
-    if finite.size < 2:
-        return {"mean": mean, "low": None, "high": None, "n": 1}
-    half = float(stats.t.ppf(0.5 + level / 2, finite.size - 1) * stats.sem(finite))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": int(finite.size)}
 
 
 @dataclass
@@ -162,9 +150,9 @@ class Calibration:
             "membership_before": float(np.mean(before.membership)),
             "membership_after": float(np.mean(after_membership)),
             "non_member_membership": self.non_member_level,
-            "membership_gap_closed": mean_ci(closure),
+            "membership_gap_closed": mean_ci(closure).to_dict(),
             "identity_score_before": task_score(kind, torch.cat(before.logits), targets),
             "identity_score_after": task_score(kind, torch.cat(after_logits), targets),
             "identity_score_name": self.spec.score_name,
-            "audit_score_drop": mean_ci(drops),
+            "audit_score_drop": mean_ci(drops).to_dict(),
         }

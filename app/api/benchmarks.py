@@ -81,7 +81,8 @@ def get_benchmark(run_id: str, session: SessionDep, _: Admin) -> BenchmarkRunOut
     },
 )
 def get_report(run_id: str, session: SessionDep, _: Admin) -> Response:
-    """results.md of a completed run: mean ± std per method and request size, then every run."""
+    """results.md of a completed run: summary with intervals, forgetting, paired differences,
+    then every run."""
     run = service.completed_run(session, run_id)
     return Response(run.report_md or "", media_type="text/markdown; charset=utf-8")
 

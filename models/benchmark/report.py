@@ -1,4 +1,5 @@
-"""Markdown report of benchmark rows: a mean ± std summary over seeds, then every run."""
+"""Markdown report of benchmark rows: a summary over seeds with 95 % intervals, forgetting
+against the references, paired differences between methods, then every run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from models.benchmark.paired import forgetting, paired
+from models.metrics.stats import Interval, mean_ci
+
+# Pinned configs are calibrated on this seed; the other seeds are the held-out evidence.
+CALIBRATION_SEED = 0
 
 COLUMNS = (
     "method",
@@ -41,20 +48,23 @@ SUMMARY_METRICS = (
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean and sample standard deviation (ddof=1; None for a single value) of `n` values."""
+    """Mean, sample standard deviation (ddof=1) and 95 % Student-t half-width of `n` values
+    (std and half-width None for a single value)."""
 
     mean: float
     std: float | None
     n: int
+    ci95: float | None = None
 
 
 def mean_std(values: Sequence[float | None]) -> Stat | None:
-    """Mean ± sample std of the values that are not None; None when there are none."""
+    """Mean, sample std and 95 % half-width of the values that are not None; None if none."""
     present = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if present.size == 0:
         return None
     std = float(present.std(ddof=1)) if present.size > 1 else None
-    return Stat(mean=float(present.mean()), std=std, n=int(present.size))
+    interval = mean_ci(present.tolist())
+    return Stat(float(present.mean()), std, int(present.size), interval.half_width)
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -77,7 +87,13 @@ def _cell(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, Stat):
-        return f"{value.mean:.2f}" if value.std is None else f"{value.mean:.2f} ± {value.std:.2f}"
+        return f"{value.mean:.2f}" if value.ci95 is None else f"{value.mean:.2f} ± {value.ci95:.2f}"
+    if isinstance(value, Interval):
+        if value.mean is None:
+            return "–"
+        if value.low is None or value.high is None:
+            return f"{value.mean:.2f}"
+        return f"{value.mean:.2f} [{value.low:.2f}, {value.high:.2f}]"
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
@@ -90,7 +106,7 @@ def _table(headings: Sequence[str], lines: Sequence[Sequence[Any]]) -> str:
 
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Mean ± std over seeds per (method, request size); a single seed shows just the mean."""
+    """Mean ± 95 % half-width over seeds per (method, request size); one seed: the mean."""
     keys = [key for key, _ in SUMMARY_METRICS]
     headings = ["method", "requests", "seeds", *(heading for _, heading in SUMMARY_METRICS)]
     lines = [
@@ -98,6 +114,54 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
         for entry in summarize(rows)
     ]
     return _table(headings, lines)
+
+
+def _values(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def forgetting_table(rows: Sequence[dict[str, Any]], seeds: Sequence[int] | None = None) -> str:
+    """Gap closure and test drop per (method, request size), with intervals and per seed."""
+    headings = ["method", "requests", "seeds", "gap_closure", "test_drop", "per-seed gap closure"]
+    lines = [
+        [f.method, f.requests, len(f.seeds), f.closure_ci, f.test_drop_ci, _values(f.closure)]
+        for f in forgetting(rows, seeds)
+    ]
+    return _table(headings, lines)
+
+
+def paired_table(rows: Sequence[dict[str, Any]], seeds: Sequence[int] | None = None) -> str:
+    """ToW of each method minus another's on the same passes, with intervals and per seed."""
+    headings = ["method", "other", "requests", "seeds", "ToW difference", "wins", "per seed"]
+    lines = [
+        [p.method, p.other, p.requests, len(p.seeds), p.ci, f"{p.wins}/{len(p.seeds)}",
+         _values(p.differences)]
+        for p in paired(rows, "tow", seeds)
+    ]  # fmt: skip
+    return _table(headings, lines)
+
+
+def _evidence(rows: Sequence[dict[str, Any]]) -> str:
+    """The forgetting and paired tables over all seeds, and over held-out seeds when any."""
+    seeds = sorted({row["seed"] for row in rows})
+    held_out = [s for s in seeds if s != CALIBRATION_SEED]
+    scopes: list[tuple[str, Sequence[int] | None]] = [("all seeds", None)]
+    if CALIBRATION_SEED in seeds and held_out:
+        scopes.append((f"held-out seeds {held_out} (seed {CALIBRATION_SEED} calibrates)", held_out))
+    text = ""
+    for label, chosen in scopes:
+        text += (
+            f"\n## Forgetting against the references, {label}\n\n"
+            "gap_closure = (original forget − method forget) ÷ (original forget − retrained "
+            "forget), 1 being the retrained model's; test_drop = original test − method test "
+            "(points). Mean [95 % Student-t interval].\n\n"
+            + forgetting_table(rows, chosen)
+            + f"\n## Paired ToW differences, {label}\n\n"
+            "ToW of `method` minus ToW of `other` on the same request size and seed; wins counts "
+            "the seeds where `method` is ahead. Mean [95 % Student-t interval].\n\n"
+            + paired_table(rows, chosen)
+        )
+    return text
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -129,8 +193,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     rows = results["rows"]
     path.write_text(
         _header(results["config"])
-        + "## Summary (mean ± std over seeds)\n\n"
+        + "## Summary (mean ± 95 % interval half-width over seeds, Student t)\n\n"
         + summary_table(rows)
+        + _evidence(rows)
         + "\n## Runs\n\n"
         + markdown_table(rows)
         + _uncalibrated_note(rows)
