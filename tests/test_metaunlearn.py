@@ -314,3 +314,22 @@ def test_the_papers_values_stay_with_the_architecture_they_were_tuned_for() -> N
     for method in ("jit", "ssd", "pgu", "neggrad", "scrub", "bad_teacher"):
         assert not is_calibrated(method, "celeba", "test_resnet", 5), method
         assert is_calibrated(method, "synthfaces", "test_resnet", 5), method
+
+
+def test_preparation_reads_images_only_when_used(small_faces: FaceData) -> None:
+    reads: list[int] = []
+
+    def counted(row: int) -> torch.Tensor:
+        reads.append(row)
+        return small_faces.load_image(row)
+
+    faces = dataclasses.replace(small_faces, load_image=counted)
+    indices = split_indices(faces, make_splits(faces.identities, faces.keys, 2, seed=0))
+    transform = make_test_transform(data_config(create_model("test_resnet", 17, 32), 32))
+    data = build_prepare_data(faces, "attributes", indices, transform)
+    assert reads == []  # nothing stacked up front: memory does not grow with the data set
+    images = next(iter(data.train_identities.values()))
+    assert images[[0, len(images) - 1]].shape == (2, 3, 32, 32) and len(reads) == 2
+    torch.testing.assert_close(images[0], transform(small_faces.load_image(reads[0])))
+    assert set(reads) <= set(indices.train)
+    assert data.val_images[torch.tensor([0, 1])].shape == (2, 3, 32, 32)

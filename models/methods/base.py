@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -14,6 +15,14 @@ from models.catalog import Needs
 from models.data.base import TaskSpec
 
 Artifacts = dict[str, Any]
+
+
+class Images(Protocol):
+    """Images indexed like an (n, 3, H, W) tensor: an int gives one, indices give a stack."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: Any) -> torch.Tensor: ...
 
 
 @dataclass
@@ -45,9 +54,10 @@ class PrepareData:
 
     train: DataLoader[tuple[torch.Tensor, torch.Tensor]]
     task: TaskSpec
-    train_identities: dict[str, torch.Tensor] | None = None  # identity key → (n, 3, H, W)
+    # Images indexable like (n, 3, H, W) tensors: tensors, or rows read on use (ImageRows)
+    train_identities: Mapping[str, Images] | None = None  # identity key → its images
     train_targets: dict[str, torch.Tensor] | None = None  # identity key → targets of those images
-    val_images: torch.Tensor | None = None
+    val_images: Images | None = None
     val_targets: torch.Tensor | None = None
     train_augmented: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None  # train transform
 

@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from models.data.base import TaskSpec
-from models.methods.base import Artifacts, PrepareData
+from models.methods.base import Artifacts, Images, PrepareData
 from models.methods.meta_loss import (
     MetaLoss,
     Params,
@@ -211,11 +211,18 @@ def outer_objective(
 
 
 def _batches(
-    images: torch.Tensor, targets: torch.Tensor, batch_size: int, generator: torch.Generator
+    images: Images | torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    count: int | None = None,
 ) -> list[Batch]:
-    """Shuffled batches of (images, targets)."""
-    order = torch.randperm(len(images), generator=generator)
-    return [(images[b], targets[b]) for b in order.split(batch_size)]
+    """Shuffled batches of (images, targets); with `count`, that many, cycling, and only
+    those images read."""
+    order = list(torch.randperm(len(images), generator=generator).split(batch_size))
+    if count is not None:
+        order = list(itertools.islice(itertools.cycle(order), count))
+    return [(images[b], targets[b]) for b in order]
 
 
 def identity_chunks(keys: Sequence[str], size: int, rng: random.Random) -> list[list[str]]:
@@ -247,19 +254,20 @@ def simulate_request(
         forget.append(own[rest])
         forget_targets.append(own_targets[rest])
     forget_batches = _batches(torch.cat(forget), torch.cat(forget_targets), batch_size, generator)
-    val_batches = _batches(*meta_training_data(data)[2:], batch_size, generator)
+    val_images, val_targets = meta_training_data(data)[2:]
+    val = _batches(val_images, val_targets, batch_size, generator, count=len(forget_batches))
     return SimulatedRequest(
         support=torch.stack(support),
         rows=torch.tensor([index[key] for key in chunk]),
         support_targets=torch.stack(support_targets),
         forget=forget_batches,
-        val=list(itertools.islice(itertools.cycle(val_batches), len(forget_batches))),
+        val=val,
     )
 
 
 def meta_training_data(
     data: PrepareData,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+) -> tuple[Mapping[str, Images], dict[str, torch.Tensor], Images, torch.Tensor]:
     """The per-identity TRAIN and the VAL data meta-training needs, or a ValueError."""
     if (
         data.train_identities is None
