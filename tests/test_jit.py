@@ -90,3 +90,21 @@ def test_registry_and_pinned_configs() -> None:
     assert resolve_config("jit", "synthfaces", "test_resnet", 5, lr=0.5).lr == 0.5
     with pytest.raises(ValueError, match="unknown jit option"):
         resolve_config("jit", "synthfaces", "test_resnet", 5, bogus=1)
+
+
+def test_request_bands_match_and_an_exact_size_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.methods import registry
+
+    sections = {
+        "fallback": {"lr": 1.0},
+        "synthfaces/test_resnet/*": {"lr": 0.1},
+        "synthfaces/test_resnet/2-4": {"lr": 0.2, "sigma": 2.0},
+        "synthfaces/test_resnet/3": {"lr": 0.3},
+    }
+    monkeypatch.setattr(registry, "_sections", lambda method: sections)
+    lrs = {n: resolve_config("jit", "synthfaces", "test_resnet", n).lr for n in (1, 2, 3, 4, 5)}
+    assert lrs == {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.2, 5: 0.1}
+    assert resolve_config("jit", "synthfaces", "test_resnet", 3).sigma == 2.0  # band, then exact
+    sections["synthfaces/test_resnet/x-4"] = {}
+    with pytest.raises(ValueError, match="requests must be"):
+        resolve_config("jit", "synthfaces", "test_resnet", 3)

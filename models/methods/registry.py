@@ -51,15 +51,30 @@ def get_method(name: str) -> UnlearningMethod:
         raise ValueError(f"unknown unlearning method {name!r}; known: {list_methods()}") from None
 
 
-def _matches(section: str, dataset: str, arch: str, requests: int) -> int | None:
-    """Specificity of a `dataset/arch/requests` section (with `*` wildcards), or None."""
+def _in_band(part: str, requests: int, section: str) -> tuple[bool, bool]:
+    """Whether the requests part (`*`, `N` or a band `A-B`) admits `requests`, and is exact."""
+    if part == "*":
+        return True, False
+    low, dash, high = part.partition("-")
+    if not (low.isdigit() and (not dash or high.isdigit())):
+        raise ValueError(f"config section {section!r}: requests must be *, N or A-B")
+    if not dash:
+        return int(low) == requests, True
+    return int(low) <= requests <= int(high), False
+
+
+def _matches(section: str, dataset: str, arch: str, requests: int) -> tuple[int, bool] | None:
+    """Specificity of a `dataset/arch/requests` section (`*` wildcards, `A-B` request bands),
+    or None: the count of named parts, then an exact request size before a band."""
     parts = section.split("/")
     if len(parts) != 3:
         raise ValueError(f"config section {section!r} is not of the form dataset/arch/requests")
-    wanted = (dataset, arch, str(requests))
-    if any(p != "*" and p != w for p, w in zip(parts, wanted, strict=True)):
+    if any(p != "*" and p != w for p, w in zip(parts[:2], (dataset, arch), strict=True)):
         return None
-    return sum(p != "*" for p in parts)
+    admitted, exact = _in_band(parts[2], requests, section)
+    if not admitted:
+        return None
+    return sum(p != "*" for p in parts), exact
 
 
 FALLBACK = "fallback"  # the TOML table applied where no section was tuned for the architecture
@@ -72,7 +87,7 @@ def _sections(method: str) -> dict[str, dict[str, Any]]:
 
 def _ranked(
     sections: dict[str, dict[str, Any]], dataset: str, arch: str, requests: int
-) -> list[tuple[int, str, dict[str, Any]]]:
+) -> list[tuple[tuple[int, bool], str, dict[str, Any]]]:
     """The matching `dataset/arch/requests` sections, least specific first."""
     ranked = []
     for section, table in sections.items():
@@ -98,8 +113,9 @@ def is_calibrated(method: str, dataset: str, arch: str, requests: int) -> bool:
 def resolve_config(method: str, dataset: str, arch: str, requests: int, **overrides: Any) -> Any:
     """The method's config for a setting: defaults, pinned sections, then overrides.
 
-    Sections of `configs/<method>.toml` are named `dataset/arch/requests`; `*` matches anything
-    and more specific sections win. Where no matching section names the architecture, the
+    Sections of `configs/<method>.toml` are named `dataset/arch/requests`; `*` matches anything,
+    a request part `A-B` matches a band of sizes, and more specific sections win (an exact size
+    over a band). Where no matching section names the architecture, the
     `[fallback]` table comes first (after the defaults), so dataset-wide sections still apply.
     """
     cls = type(get_method(method))
