@@ -129,7 +129,8 @@ PRESETS: dict[str, PresetInfo] = {
         ),
         PresetInfo(
             "pretrained",
-            "ImageNet-pretrained EfficientNet-Lite0 fine-tuned at 112 px, stages 0-4 frozen",
+            "ImageNet-pretrained EfficientNet-Lite0 fine-tuned at 112 px, stages 0-4 frozen "
+            "and their outputs cached",
             arch="tf_efficientnet_lite0",
             image_size=112,
             pretrained="imagenet",
@@ -139,7 +140,8 @@ PRESETS: dict[str, PresetInfo] = {
                 "lr": 0.05,
                 "weight_decay": 5e-5,
                 "warmup_epochs": 1,
-                "crop_scale": (0.6, 1.0),
+                # no augmentation: the frozen trunk's outputs are computed once per image
+                "augment": False,
                 "frozen": _LITE0_FROZEN,
             },
         ),

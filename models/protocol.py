@@ -27,6 +27,7 @@ from models.metrics.scores import per_sample_loss
 from models.metrics.tow import SetScores, tug_of_war
 from models.nets import create_model, data_config, freeze_modules
 from models.nets.pretrained import pretrained_weights
+from models.nets.trunk import TrunkCache, trunk_depth
 from models.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.train.config import TrainConfig
 from models.train.trainer import train_model
@@ -84,6 +85,17 @@ def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
     return model.eval()
 
 
+def trunk_cache(setup: ModelSetup, data: FaceData, device: torch.device) -> TrunkCache | None:
+    """A cache of the frozen trunk's test-transform outputs for `setup`'s networks, or None
+    when it has no splittable frozen trunk (models/nets/trunk.py)."""
+    model = build_model(setup, data).to(device)
+    depth = trunk_depth(model, setup.train.frozen)
+    if depth is None:
+        return None
+    transform = test_transform(data_config(model, setup.image_size))
+    return TrunkCache(model, depth, data.load_image, transform, device)
+
+
 def train_reference(
     setup: ModelSetup,
     data: FaceData,
@@ -93,10 +105,12 @@ def train_reference(
     device: torch.device,
     path: Path | None = None,
     progress: bool = True,
+    cache: TrunkCache | None = None,
 ) -> tuple[nn.Module, Checkpoint, float]:
     """Train the original (TRAIN minus support) or retrained (RETAIN) model for these splits.
 
     With `path`, a checkpoint there trained with the same setup and splits is reused instead.
+    With `cache` (`trunk_cache`) and a recipe without augmentation, only the tail trains.
     Returns the model, its checkpoint and the training time in seconds (0 when reused).
     """
     config = {**setup.to_dict(), "role": role}
@@ -109,7 +123,16 @@ def train_reference(
     model = build_model(setup, data)
     rows = indices.train if role == "original" else indices.retain
     result = train_model(
-        model, data, setup.task, rows, indices.val, setup.train, setup.image_size, device, progress
+        model,
+        data,
+        setup.task,
+        rows,
+        indices.val,
+        setup.train,
+        setup.image_size,
+        device,
+        progress,
+        cache,
     )
     spec = data.task(setup.task)
     checkpoint = Checkpoint(
@@ -210,8 +233,10 @@ def evaluate_protocol(
     indices: SplitIndices,
     image_size: int,
     device: torch.device,
+    cache: TrunkCache | None = None,
 ) -> Evaluation:
-    """Retain/forget/test scores and the RF loss MIA (retain vs val, forget vs test)."""
+    """Retain/forget/test scores and the RF loss MIA (retain vs val, forget vs test); a fitting
+    `cache` runs only the network's tail."""
     sets = {
         "retain": indices.retain,
         "forget": indices.forget,
@@ -220,7 +245,7 @@ def evaluate_protocol(
     }
     transform = test_transform(data_config(model, image_size))
     results: dict[str, SetResult] = evaluate_sets(
-        model.to(device), data, task, sets, transform, device
+        model.to(device), data, task, sets, transform, device, cache=cache
     )
     mia = loss_mia(
         results["retain"].losses,

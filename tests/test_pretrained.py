@@ -107,3 +107,33 @@ def test_a_pretrained_checkpoint_records_its_weights_and_rebuilds_frozen(tmp_pat
 def test_the_preset_refuses_another_network() -> None:
     with pytest.raises(ValueError, match="tf_efficientnet_lite0 with imagenet"):
         preset_setup("pretrained", dataset_name="synthfaces", arch="resnet18")
+
+
+def test_the_cached_trunk_gives_the_whole_networks_outputs(small_faces) -> None:
+    from models.evaluate import evaluate_sets, predict_cached
+    from models.nets.trunk import trunk_depth
+    from models.protocol import trunk_cache
+
+    setup = preset_setup("pretrained", dataset_name="synthfaces", image_size=32, epochs=2)
+    cache = trunk_cache(setup, small_faces, torch.device("cpu"))
+    assert cache is not None and cache.depth == 5
+    splits = make_splits(small_faces.identities, small_faces.keys, 2, 0)
+    indices = split_indices(small_faces, splits)
+    model, _, _ = train_reference(
+        setup, small_faces, splits, indices, "original", torch.device("cpu"), None, False, cache
+    )
+    assert cache.fits(model)  # training moved only the tail
+    sets = {"test": indices.test[:40]}
+    whole = evaluate_sets(model, small_faces, "attributes", sets, cache.transform, cache.device)
+    cached = evaluate_sets(
+        model, small_faces, "attributes", sets, cache.transform, cache.device, cache=cache
+    )
+    assert cached["test"].score == pytest.approx(whole["test"].score, abs=1e-3)
+    np.testing.assert_allclose(cached["test"].losses, whole["test"].losses, rtol=1e-4, atol=1e-5)
+    logits, _ = predict_cached(model, cache, small_faces, "attributes", indices.test[:3])
+    assert logits.shape == (3, 17)
+
+    with torch.no_grad():
+        model.conv_stem.weight.add_(0.1)  # a changed trunk no longer fits: the whole net runs
+    assert not cache.fits(model)
+    assert trunk_depth(model, ("conv_stem", "blocks.0")) is None

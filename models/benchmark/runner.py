@@ -27,6 +27,7 @@ from models.methods import UnlearningMethod, UnlearnRequest, get_method, resolve
 from models.methods.base import Artifacts
 from models.methods.registry import is_calibrated
 from models.metrics.mia import LOSS_MIA_NAME, RMIA_MAX_FPR, RMIA_NAME, rmia
+from models.nets.trunk import TrunkCache
 from models.protocol import (
     Evaluation,
     ModelSetup,
@@ -39,6 +40,7 @@ from models.protocol import (
     rmia_signals,
     support_request,
     train_reference,
+    trunk_cache,
 )
 
 RMIA_COLUMNS = ("rmia_auc", "rmia_tpr_at_0.01pct_fpr")
@@ -96,6 +98,7 @@ class _Pass:
     request: UnlearnRequest
     rmia_sets: RmiaSets | None
     rmia_seed: int
+    cache: TrunkCache | None = None
 
     @property
     def setup(self) -> ModelSetup:
@@ -106,7 +109,7 @@ class _Pass:
         """The protocol's scores and loss MIA for `model`."""
         setup = self.setup
         return evaluate_protocol(
-            model, self.data, setup.task, self.indices, setup.image_size, self.device
+            model, self.data, setup.task, self.indices, setup.image_size, self.device, self.cache
         )
 
     def request_for(self, method: UnlearningMethod, model: nn.Module) -> UnlearnRequest:
@@ -270,6 +273,7 @@ def _run_pass(
     out: Path,
     progress: bool,
     steps: _Steps,
+    cache: TrunkCache | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train both references, then evaluate them and every method; the rows and the run record."""
     setup = cfg.setup
@@ -280,7 +284,9 @@ def _run_pass(
     trained = {}
     for role in ("original", "retrain"):
         path = out / "checkpoints" / f"{role}_{requests}_{seed}.pth"
-        trained[role] = train_reference(seeded, data, splits, indices, role, device, path, progress)
+        trained[role] = train_reference(
+            seeded, data, splits, indices, role, device, path, progress, cache
+        )
     models = {role: model for role, (model, _, _) in trained.items()}
     rmia_seed = _rmia_seed(requests, seed)
     run = _Pass(
@@ -293,6 +299,7 @@ def _run_pass(
         request=support_request(data, setup.task, indices, models["original"], setup.image_size),
         rmia_sets=rmia_sets(indices, cfg.rmia_population, rmia_seed) if cfg.rmia else None,
         rmia_seed=rmia_seed,
+        cache=cache,
     )
     evals = {role: run.evaluate(model) for role, model in models.items()}
     reference = evals["retrain"]
@@ -343,9 +350,12 @@ def run_benchmark(
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     steps = _Steps(len(cfg.requests) * len(cfg.seeds) * (1 + len(cfg.methods)), on_progress)
+    cache = trunk_cache(cfg.setup, data, device)  # one for every pass: the trunk never changes
     for requests in cfg.requests:
         for seed in cfg.seeds:
-            pass_rows, record = _run_pass(cfg, data, requests, seed, device, out, progress, steps)
+            pass_rows, record = _run_pass(
+                cfg, data, requests, seed, device, out, progress, steps, cache
+            )
             rows += pass_rows
             runs.append(record)
     results = {

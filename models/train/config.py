@@ -25,3 +25,5 @@ class TrainConfig:
     eval_batch_size: int = 256
     # modules kept at their pretrained values, weights and BN statistics (models/nets/factory.py)
     frozen: tuple[str, ...] = ()
+    # False: train on test-transformed images; with a frozen trunk, on its cached outputs
+    augment: bool = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -17,9 +17,10 @@ from models.data.base import FaceData
 from models.data.torch_dataset import FaceSubset
 from models.data.transforms import test_transform, train_transform
 from models.device import autocast
-from models.evaluate import predict
+from models.evaluate import predict, predict_cached
 from models.metrics.scores import per_sample_loss, task_score
 from models.nets import data_config
+from models.nets.trunk import TrunkCache, run_tail
 from models.train.config import TrainConfig
 
 
@@ -42,6 +43,28 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _batches(
+    model: nn.Module,
+    data: FaceData,
+    task: str,
+    rows: Sequence[int],
+    cfg: TrainConfig,
+    config: dict[str, object],
+    generator: torch.Generator,
+    cache: TrunkCache | None,
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled training batches: images, or cached trunk outputs with `cache`."""
+    if cache is None:
+        transform = (
+            train_transform(config, cfg.crop_scale) if cfg.augment else test_transform(config)
+        )
+        subset = FaceSubset(data, rows, task, transform)
+        return DataLoader(subset, batch_size=cfg.batch_size, shuffle=True, generator=generator)
+    targets = torch.from_numpy(data.targets[task][list(rows)])
+    order = torch.randperm(len(rows), generator=generator).split(cfg.batch_size)
+    return ((cache.features(model, [rows[i] for i in b]), targets[b]) for b in order)
+
+
 def train_model(
     model: nn.Module,
     data: FaceData,
@@ -52,47 +75,68 @@ def train_model(
     image_size: int,
     device: torch.device,
     progress: bool = True,
+    cache: TrunkCache | None = None,
 ) -> TrainResult:
-    """Train `model` on `train_indices` and keep the weights of its best validation epoch."""
+    """Train `model` on `train_indices` and keep the weights of its best validation epoch.
+
+    With a `cache` whose trunk `model` shares and `cfg.augment` off, only the tail trains, on
+    the cached trunk outputs of the test-transformed images.
+    """
     spec = data.task(task)
     config = data_config(model, image_size)
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    train_set = FaceSubset(data, train_indices, task, train_transform(config, cfg.crop_scale))
+    if cache is not None and (cfg.augment or not cache.fits(model)):
+        cache = None
     val_set = FaceSubset(data, val_indices, task, test_transform(config))
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator)
+    steps = math.ceil(len(train_indices) / cfg.batch_size)
     model.to(device)
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad],
-        lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
     )
-    total = cfg.epochs * len(loader)
+    total = cfg.epochs * steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, cfg.warmup_epochs * len(loader), total)
+        optimizer, lambda step: warmup_cosine(step, cfg.warmup_epochs * steps, total)
     )
     best = TrainResult(state_dict={}, best_epoch=-1, best_val_score=-math.inf, seconds=0.0)
     start = time.perf_counter()
     bar = tqdm(
-        range(cfg.epochs), desc=f"train {len(train_set)} images", disable=not progress, leave=False
+        range(cfg.epochs),
+        desc=f"train {len(train_indices)} images",
+        disable=not progress,
+        leave=False,
     )
     for epoch in bar:
         model.train()
         running = 0.0
-        for images, targets in loader:
+        for inputs, targets in _batches(
+            model, data, task, train_indices, cfg, config, generator, cache
+        ):
             with autocast(device):
-                logits = model(images.to(device))
+                if cache is None:
+                    logits = model(inputs.to(device))
+                else:
+                    logits = run_tail(model, cache.depth, inputs.to(device))
             loss = per_sample_loss(spec.kind, logits.float(), targets.to(device)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            running += loss.item() * len(images)
-        logits, targets = predict(model, val_set, device, cfg.eval_batch_size)
+            running += loss.item() * len(inputs)
+        if cache is None:
+            logits, targets = predict(model, val_set, device, cfg.eval_batch_size)
+        else:
+            logits, targets = predict_cached(
+                model, cache, data, task, val_indices, cfg.eval_batch_size
+            )
         val_score = task_score(spec.kind, logits, targets)
         best.history.append(
-            {"epoch": epoch, "train_loss": running / len(train_set), "val_score": val_score}
+            {"epoch": epoch, "train_loss": running / len(train_indices), "val_score": val_score}
         )
-        bar.set_postfix(loss=f"{running / len(train_set):.3f}", val=f"{val_score:.1f}")
+        bar.set_postfix(loss=f"{running / len(train_indices):.3f}", val=f"{val_score:.1f}")
         if val_score > best.best_val_score:
             best.best_val_score, best.best_epoch = val_score, epoch
             best.state_dict = copy.deepcopy(

@@ -1,0 +1,104 @@
+"""A frozen leading part of a network (its trunk) and its outputs cached per data-set row.
+
+When preparation froze a network's stem and first stages at their ImageNet values, nothing the
+network learns, and nothing an unlearning method changes, touches them: every model of a
+benchmark shares the trunk's output on a (test-transformed) image. Computing it once per image
+and running only the rest of the network (the tail) makes training, evaluation and the loss
+signals several times cheaper. Only networks whose frozen modules are exactly the start of
+their forward pass are split (timm's EfficientNets: `conv_stem`, `bn1`, `blocks.0..k-1`);
+others run whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from models.device import autocast
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+LoadImage = Callable[[int], torch.Tensor]
+
+
+def trunk_depth(model: nn.Module, frozen: Sequence[str]) -> int | None:
+    """How many stages the frozen trunk holds, or None when `frozen` is not a splittable start."""
+    blocks = getattr(model, "blocks", None)
+    if not frozen or not all(hasattr(model, n) for n in ("conv_stem", "bn1", "conv_head", "bn2")):
+        return None
+    if not isinstance(blocks, nn.Sequential):
+        return None
+    depth = len(frozen) - 2
+    expected = {"conv_stem", "bn1", *(f"blocks.{i}" for i in range(depth))}
+    if set(frozen) != expected or not 0 <= depth < len(blocks):
+        return None
+    return depth
+
+
+def trunk_signature(model: nn.Module, depth: int) -> str:
+    """A digest of the trunk's weights and statistics: equal digests, equal trunk outputs."""
+    digest = hashlib.sha256()
+    modules = {"conv_stem": model.conv_stem, "bn1": model.bn1}
+    modules |= {f"blocks.{i}": model.blocks[i] for i in range(depth)}  # type: ignore[index]
+    for name, module in modules.items():
+        for key, tensor in module.state_dict().items():
+            digest.update(f"{name}.{key}".encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_trunk(model: nn.Module, depth: int, images: torch.Tensor) -> torch.Tensor:
+    """The trunk's output on `images`."""
+    x = model.bn1(model.conv_stem(images))  # type: ignore[operator]
+    for i in range(depth):
+        x = model.blocks[i](x)  # type: ignore[index]
+    return x
+
+
+def run_tail(model: nn.Module, depth: int, features: torch.Tensor) -> torch.Tensor:
+    """The logits of the rest of the network on trunk outputs `features`."""
+    x = features
+    for block in list(model.blocks)[depth:]:  # type: ignore[arg-type]
+        x = block(x)
+    x = model.bn2(model.conv_head(x))  # type: ignore[operator]
+    return model.forward_head(x)  # type: ignore[operator]
+
+
+class TrunkCache:
+    """Trunk outputs per row of one data set under one transform, for one trunk signature."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        depth: int,
+        load_image: LoadImage,
+        transform: Transform,
+        device: torch.device,
+        batch_size: int = 128,
+    ) -> None:
+        self.depth, self.load_image, self.transform = depth, load_image, transform
+        self.device, self.batch_size = device, batch_size
+        self.signature = trunk_signature(model, depth)
+        self._features: dict[int, torch.Tensor] = {}
+
+    def fits(self, model: nn.Module) -> bool:
+        """Whether `model`'s trunk is the one cached (a method never changed it)."""
+        return trunk_signature(model, self.depth) == self.signature
+
+    @torch.no_grad()  # not inference_mode: training backpropagates from these outputs
+    def features(self, model: nn.Module, rows: Sequence[int]) -> torch.Tensor:
+        """Trunk outputs of `rows` (CPU, float32), computing those not cached yet."""
+        missing = [r for r in dict.fromkeys(rows) if r not in self._features]
+        if missing:
+            training = model.training
+            model.eval()
+            for start in range(0, len(missing), self.batch_size):
+                chunk = missing[start : start + self.batch_size]
+                images = torch.stack([self.transform(self.load_image(r)) for r in chunk])
+                with autocast(self.device):
+                    out = run_trunk(model, self.depth, images.to(self.device)).float().cpu()
+                self._features.update(zip(chunk, out, strict=True))
+            model.train(training)
+        return torch.stack([self._features[r] for r in rows])
