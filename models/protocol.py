@@ -27,7 +27,7 @@ from models.metrics.scores import per_sample_loss
 from models.metrics.tow import SetScores, tug_of_war
 from models.nets import create_model, data_config, freeze_modules
 from models.nets.pretrained import pretrained_weights
-from models.nets.trunk import TrunkCache, trunk_depth
+from models.nets.trunk import TrunkCache, run_tail, trunk_depth
 from models.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.train.config import TrainConfig
 from models.train.trainer import train_model
@@ -328,17 +328,31 @@ def loss_signal(
     seed: int,
     crop_scale: tuple[float, float] = TrainConfig.crop_scale,
     batch_size: int = 256,
+    cache: TrunkCache | None = None,
 ) -> np.ndarray:
     """Per-sample task loss on `augmentations` train-augmented views of `rows`, shape (AUG, n).
 
     The augmentations draw from torch's CPU RNG seeded with `seed`, so two models given the same
-    seed are scored on the same views.
+    seed are scored on the same views; with a fitting `cache`, the views' trunk outputs are
+    computed once for every model.
     """
     model = model.to(device).eval()
     kind = data.task(task).kind
-    subset = FaceSubset(
-        data, rows, task, train_transform(data_config(model, image_size), crop_scale)
-    )
+    transform = train_transform(data_config(model, image_size), crop_scale)
+    targets = torch.from_numpy(data.targets[task][list(rows)])
+    if cache is not None and cache.fits(model):
+        views = cache.augmented(model, rows, transform, augmentations, seed)
+        passes = []
+        for features in views:
+            logits = torch.cat(
+                [
+                    run_tail(model, cache.depth, batch.to(device)).float().cpu()
+                    for batch in features.split(batch_size)
+                ]
+            )
+            passes.append(per_sample_loss(kind, logits, targets).numpy())
+        return np.stack(passes)
+    subset = FaceSubset(data, rows, task, transform)
     passes = []
     # a forked RNG: the same views for every model, and the caller's random stream untouched.
     with torch.random.fork_rng(devices=[]):
@@ -359,11 +373,12 @@ def rmia_signals(
     augmentations: int,
     seed: int,
     crop_scale: tuple[float, float] = TrainConfig.crop_scale,
+    cache: TrunkCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Loss signals (AUG, n) of the candidates and of the population, from one pass over both."""
     rows = sets.rows
     signal = loss_signal(
-        model, data, task, rows, image_size, device, augmentations, seed, crop_scale
+        model, data, task, rows, image_size, device, augmentations, seed, crop_scale, cache=cache
     )
     column = {row: k for k, row in enumerate(rows)}
     candidates = signal[:, [column[r] for r in sets.candidates]]

@@ -137,3 +137,19 @@ def test_the_cached_trunk_gives_the_whole_networks_outputs(small_faces) -> None:
         model.conv_stem.weight.add_(0.1)  # a changed trunk no longer fits: the whole net runs
     assert not cache.fits(model)
     assert trunk_depth(model, ("conv_stem", "blocks.0")) is None
+
+
+def test_cached_loss_signals_score_the_same_augmented_views(small_faces) -> None:
+    from models.protocol import build_model, loss_signal, trunk_cache
+
+    setup = preset_setup("pretrained", dataset_name="synthfaces", image_size=32)
+    cache = trunk_cache(setup, small_faces, torch.device("cpu"))
+    model = build_model(setup, small_faces).eval()
+    rows = list(range(10))
+    args = (small_faces, "attributes", rows, 32, torch.device("cpu"))
+    whole = loss_signal(model, *args, augmentations=2, seed=3)
+    cached = loss_signal(model, *args, augmentations=2, seed=3, cache=cache)
+    np.testing.assert_allclose(cached, whole, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(cached[0], cached[1])  # two different views
+    again = loss_signal(model, *args, augmentations=2, seed=4, cache=cache)
+    assert not np.allclose(again, cached)

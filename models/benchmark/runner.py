@@ -136,6 +136,7 @@ class _Pass:
             self.cfg.rmia_augmentations,
             self.rmia_seed,
             setup.train.crop_scale,
+            self.cache,
         )
 
 

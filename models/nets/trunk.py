@@ -82,6 +82,7 @@ class TrunkCache:
         self.device, self.batch_size = device, batch_size
         self.signature = trunk_signature(model, depth)
         self._features: dict[int, torch.Tensor] = {}
+        self._views: tuple[object, list[torch.Tensor]] | None = None
 
     def fits(self, model: nn.Module) -> bool:
         """Whether `model`'s trunk is the one cached (a method never changed it)."""
@@ -102,3 +103,37 @@ class TrunkCache:
                 self._features.update(zip(chunk, out, strict=True))
             model.train(training)
         return torch.stack([self._features[r] for r in rows])
+
+    @torch.no_grad()
+    def augmented(
+        self,
+        model: nn.Module,
+        rows: Sequence[int],
+        transform: Transform,
+        augmentations: int,
+        seed: int,
+    ) -> list[torch.Tensor]:
+        """Trunk outputs of `augmentations` random views of `rows`, drawn from torch's CPU RNG
+        seeded with `seed` exactly as `models.protocol.loss_signal` draws them through a
+        DataLoader (the same views for every model); the last such set is kept."""
+        key = (tuple(rows), repr(transform), augmentations, seed)
+        if self._views is None or self._views[0] != key:
+            training = model.training
+            model.eval()
+            views = []
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for _ in range(augmentations):
+                    # what a DataLoader draws when it starts: the same views as models.evaluate
+                    torch.empty((), dtype=torch.int64).random_()
+                    outputs = []
+                    for start in range(0, len(rows), self.batch_size):
+                        chunk = rows[start : start + self.batch_size]
+                        images = torch.stack([transform(self.load_image(r)) for r in chunk])
+                        with autocast(self.device):
+                            out = run_trunk(model, self.depth, images.to(self.device))
+                        outputs.append(out.float().cpu())
+                    views.append(torch.cat(outputs))
+            model.train(training)
+            self._views = (key, views)
+        return self._views[1]
