@@ -22,7 +22,12 @@ from app.tables import DeletionRequest, ModelVersion
 from models.cli import main as ml_main
 from models.data.synthfaces import SynthFaces, SynthFacesConfig
 from models.train.checkpoint import load_checkpoint
-from worker.embedded import running_services, wait_for_ready_version, wait_for_request
+from worker.embedded import (
+    efficacy_summary,
+    running_services,
+    wait_for_ready_version,
+    wait_for_request,
+)
 
 pytestmark = pytest.mark.integration
 MODEL = "faces"
@@ -90,6 +95,9 @@ def _erase_and_check(
     statuses = [e["to_status"] for e in body["events"]]
     assert statuses == ["received", "queued", "running", "completed"]
     assert body["audit"]["before"] and body["audit"]["after"] and body["audit"]["delta"]
+    cited = body["audit"]["run"]["calibrated_efficacy"]
+    assert cited["trials"] == settings.efficacy_trials and cited["config"]
+    assert "simulated single-portrait erasures" in efficacy_summary(body)
     versions = _versions(client)
     new = versions[body["result_version"]["version"]]
     assert new["parent_version"] == serving["version"]

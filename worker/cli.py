@@ -34,10 +34,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     """Train or reuse a synthfaces model, register it, erase one person over HTTP, print it."""
     from app.settings import get_settings
-    from worker.embedded import demo
+    from worker.embedded import demo, efficacy_summary
 
     result = demo(get_settings(), epochs=args.epochs)
     print(json.dumps(result, indent=2))
+    print(f"calibrated efficacy: {efficacy_summary(result)}")
     if result["status"] != "completed":
         raise SystemExit(f"the deletion request ended as {result['status']}")
 

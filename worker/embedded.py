@@ -257,6 +257,33 @@ def demo(settings: Settings, epochs: int | None = None, timeout: float = 600) ->
             return result
 
 
+def efficacy_summary(request: dict[str, Any]) -> str:
+    """One line on what the request's method forgets, from its audit's calibrated efficacy."""
+    run = ((request.get("audit") or {}).get("run")) or {}
+    efficacy = run.get("calibrated_efficacy")
+    method = run.get("method", request.get("method"))
+    if not efficacy:
+        return f"{method}: no calibrated efficacy on record for this version"
+    gap = efficacy["membership_gap_closed"]
+    drop = efficacy["audit_score_drop"]
+
+    def interval(entry: dict[str, Any]) -> str:
+        if entry.get("mean") is None:
+            return "unmeasured"
+        if entry.get("low") is None:
+            return f"{entry['mean']:.2f}"
+        return f"{entry['mean']:.2f} [95% {entry['low']:.2f}, {entry['high']:.2f}]"
+
+    return (
+        f"{method} on v{efficacy['measured_on_version']}, over {efficacy['trials']} simulated "
+        f"single-portrait erasures: membership score of the person's other photos "
+        f"{efficacy['membership_before']:.3f} -> {efficacy['membership_after']:.3f} "
+        f"(non-members {efficacy['non_member_membership']:.3f}), gap closed {interval(gap)}; "
+        f"their {efficacy['identity_score_name']} {efficacy['identity_score_before']:.1f} -> "
+        f"{efficacy['identity_score_after']:.1f}; audit-set drop {interval(drop)} points"
+    )
+
+
 def approve(
     client: httpx.Client, model: str, request: dict[str, Any], timeout: float
 ) -> dict[str, Any]:
