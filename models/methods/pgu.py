@@ -88,8 +88,12 @@ def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The model's projectable layers by module name."""
-    return {name: m for name, m in model.named_modules() if projectable(m)}
+    """The model's projectable layers that can move (not frozen), by module name."""
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if projectable(m) and m.weight.requires_grad  # type: ignore[union-attr]
+    }
 
 
 @contextmanager
