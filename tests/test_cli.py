@@ -126,10 +126,12 @@ def test_benchmark_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[
         else:
             assert 0 <= row["rmia_auc"] <= 100 and 0 <= row["rmia_tpr_at_0.01pct_fpr"] <= 100
     table = (out / "results.md").read_text()
-    summary = table[table.index("## Summary") : table.index("## Runs")]
+    summary = table[table.index("## Summary") : table.index("## Forgetting")]
     assert "| method | requests | seeds | retain |" in summary
     assert summary.count("| jit | 2 | 2 |") == 1 and " ± " in summary
-    assert table.count("| jit |") == 3  # the summary line and one per seed
+    runs = table[table.index("## Runs") :]
+    assert runs.count("| jit |") == 2  # one per seed
+    assert "| jit | original | 2 | 2 |" in table  # the paired difference against the original
     assert (out / "tow_vs_time.png").read_bytes().startswith(b"\x89PNG")
     assert len(results["config"]["runs"][0]["splits_sha256"]) == 64
 
