@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from models.catalog import DEFAULT_DATASET, dataset
+from models.catalog import DEFAULT_ARCH, DEFAULT_DATASET, dataset
 from models.data.base import FaceData
 from models.data.registry import DatasetSpec, load_dataset
 from models.data.splits import SplitIndices, make_splits, split_indices
@@ -37,7 +37,6 @@ from models.device import default_device
 from models.methods import UnlearnRequest, get_method, list_methods, resolve_config
 from models.methods.base import Artifacts, UnlearningMethod
 from models.nets import data_config
-from models.nets.factory import DEFAULT_ARCH
 from models.protocol import ModelSetup, build_model, prepare_method, support_request
 from models.train.config import TrainConfig
 from models.train.trainer import train_model

@@ -1,7 +1,7 @@
 """Networks: a timm factory with task-sized heads."""
 
+from models.catalog import DEFAULT_ARCH
 from models.nets.factory import (
-    DEFAULT_ARCH,
     KNOWN_ARCHS,
     create_model,
     data_config,

@@ -10,18 +10,10 @@ import timm.utils.model
 import torch
 from torch import nn
 
-from models.catalog import ARCHITECTURES, DEFAULT_ARCH
+from models.catalog import ARCHITECTURES
 from models.nets.pretrained import load_pretrained, pretrained_weights
 
 KNOWN_ARCHS = tuple(ARCHITECTURES)  # exercised by tests and benchmarks; any timm name also works
-__all__ = [
-    "DEFAULT_ARCH",
-    "KNOWN_ARCHS",
-    "create_model",
-    "data_config",
-    "features_and_logits",
-    "freeze_modules",
-]
 
 
 def _is_vit(arch: str) -> bool:
