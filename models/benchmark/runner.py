@@ -352,6 +352,16 @@ def run_benchmark(
     runs: list[dict[str, Any]] = []
     steps = _Steps(len(cfg.requests) * len(cfg.seeds) * (1 + len(cfg.methods)), on_progress)
     cache = trunk_cache(cfg.setup, data, device)  # one for every pass: the trunk never changes
+    config = {
+        **cfg.to_dict(),
+        "method_needs": {name: method.needs for name, method in methods.items()},
+        "code_version": __version__,
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "runs": runs,
+    }
+    results: dict[str, Any] = {"config": config, "rows": rows}
     for requests in cfg.requests:
         for seed in cfg.seeds:
             pass_rows, record = _run_pass(
@@ -359,20 +369,9 @@ def run_benchmark(
             )
             rows += pass_rows
             runs.append(record)
-    results = {
-        "config": {
-            **cfg.to_dict(),
-            "method_needs": {name: method.needs for name, method in methods.items()},
-            "code_version": __version__,
-            "device": str(device),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "runs": runs,
-        },
-        "rows": rows,
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_markdown(results, out / "results.md")
+            # after every pass, so that a long run that stops keeps what it measured
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            write_markdown(results, out / "results.md")
     plot_tow_vs_time(results, out / "tow_vs_time.png")
     steps.finish()
     return results
