@@ -99,9 +99,11 @@ class Calibration:
         non_members = sorted(
             random.Random(0).sample(indices.val, min(len(indices.val), NON_MEMBER_SAMPLES))
         )
-        val_logits = forward(model, load(non_members), device)
-        val_losses = per_sample_loss(self.spec.kind, val_logits, targets[non_members])
-        self.non_member_level = float(np.mean([kit.membership.score(x) for x in val_losses]))
+        self.non_member_level = math.nan  # no VAL rows: no level, so no gap closure
+        if non_members:
+            val_logits = forward(model, load(non_members), device)
+            val_losses = per_sample_loss(self.spec.kind, val_logits, targets[non_members])
+            self.non_member_level = float(np.mean([kit.membership.score(x) for x in val_losses]))
         self.before = self.measure(model, range(len(self.trials)))
 
     def measure(self, model: nn.Module, which: Sequence[int]) -> _Measures:
@@ -147,12 +149,17 @@ class Calibration:
             "kind": EFFICACY_KIND,
             "config": asdict(cfg),
             "trials": len(self.trials),
-            "membership_before": float(np.mean(before.membership)),
-            "membership_after": float(np.mean(after_membership)),
-            "non_member_membership": self.non_member_level,
+            "membership_before": _finite(float(np.mean(before.membership))),
+            "membership_after": _finite(float(np.mean(after_membership))),
+            "non_member_membership": _finite(self.non_member_level),
             "membership_gap_closed": mean_ci(closure).to_dict(),
-            "identity_score_before": task_score(kind, torch.cat(before.logits), targets),
-            "identity_score_after": task_score(kind, torch.cat(after_logits), targets),
+            "identity_score_before": _finite(task_score(kind, torch.cat(before.logits), targets)),
+            "identity_score_after": _finite(task_score(kind, torch.cat(after_logits), targets)),
             "identity_score_name": self.spec.score_name,
             "audit_score_drop": mean_ci(drops).to_dict(),
         }
+
+
+def _finite(value: float) -> float | None:
+    """JSON (and Postgres) has no NaN: an undefined figure is null."""
+    return value if math.isfinite(value) else None

@@ -274,13 +274,17 @@ def efficacy_summary(request: dict[str, Any]) -> str:
             return f"{entry['mean']:.2f}"
         return f"{entry['mean']:.2f} [95% {entry['low']:.2f}, {entry['high']:.2f}]"
 
+    def number(key: str, digits: int) -> str:
+        value = efficacy.get(key)
+        return "–" if value is None else f"{value:.{digits}f}"
+
     return (
         f"{method} on v{efficacy['measured_on_version']}, over {efficacy['trials']} simulated "
         f"single-portrait erasures: membership score of the person's other photos "
-        f"{efficacy['membership_before']:.3f} -> {efficacy['membership_after']:.3f} "
-        f"(non-members {efficacy['non_member_membership']:.3f}), gap closed {interval(gap)}; "
-        f"their {efficacy['identity_score_name']} {efficacy['identity_score_before']:.1f} -> "
-        f"{efficacy['identity_score_after']:.1f}; audit-set drop {interval(drop)} points"
+        f"{number('membership_before', 3)} -> {number('membership_after', 3)} "
+        f"(non-members {number('non_member_membership', 3)}), gap closed {interval(gap)}; "
+        f"their {efficacy['identity_score_name']} {number('identity_score_before', 1)} -> "
+        f"{number('identity_score_after', 1)}; audit-set drop {interval(drop)} points"
     )
 
 

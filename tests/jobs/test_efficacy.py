@@ -114,3 +114,24 @@ def test_onboarding_stores_it_the_audit_cites_it_and_a_floor_refuses(
                 "gap_closed": measured,
                 "floor": floor,
             }
+
+
+def test_the_demo_line_reads_an_entry_with_undefined_figures() -> None:
+    from worker.embedded import efficacy_summary
+
+    entry = {
+        "measured_on_version": 1,
+        "trials": 2,
+        "membership_before": 0.61,
+        "membership_after": 0.52,
+        "non_member_membership": None,
+        "membership_gap_closed": {"mean": None, "low": None, "high": None, "n": 0},
+        "identity_score_name": "mAP",
+        "identity_score_before": 70.0,
+        "identity_score_after": None,
+        "audit_score_drop": {"mean": 0.4, "low": 0.1, "high": 0.7, "n": 2},
+    }
+    line = efficacy_summary({"audit": {"run": {"method": "jit", "calibrated_efficacy": entry}}})
+    assert "0.610 -> 0.520 (non-members –)" in line and "gap closed unmeasured" in line
+    assert "70.0 -> –" in line and "0.40 [95% 0.10, 0.70]" in line
+    assert "no calibrated efficacy" in efficacy_summary({"audit": {"run": {"method": "jit"}}})
