@@ -36,7 +36,7 @@ from app.tables import (
 
 REPO = Path(__file__).resolve().parent.parent
 APP_TABLES = set(Base.metadata.tables)
-HEAD = "0002"
+HEAD = "0003"
 
 
 def alembic_config(url: str) -> Config:
@@ -125,6 +125,7 @@ def test_upgrade_keeps_rows_written_before_0002(database_url: str) -> None:
         assert model.erasures_since_refresh == 0
         assert version.training_data == {} and version.progress == {}
         assert version.purged_at is None and version.artifacts_version_id is None
+        assert version.efficacy == {}  # 0003: a version prepared before it has no efficacy
     engine.dispose()
 
 
