@@ -25,6 +25,7 @@ from torch import nn
 from models.data.base import FaceData
 from models.data.splits import SplitIndices
 from models.methods import UnlearnRequest, get_method
+from models.methods.prepare_data import group_by_identity
 from models.metrics.scores import per_sample_loss, task_score
 from models.metrics.stats import mean_ci
 from worker.audit import forward, pseudo_labels
@@ -47,9 +48,7 @@ class Trial:
 
 def pick_trials(data: FaceData, indices: SplitIndices, count: int, seed: int) -> list[Trial]:
     """Up to `count` RETAIN identities with ≥ MIN_PHOTOS photos, each with one portrait."""
-    groups: dict[str, list[int]] = {}
-    for row in indices.retain:
-        groups.setdefault(data.identities[row], []).append(row)
+    groups = group_by_identity(data, indices.retain)
     eligible = sorted(name for name, rows in groups.items() if len(rows) >= MIN_PHOTOS)
     rng = random.Random(seed)
     chosen = rng.sample(eligible, min(count, len(eligible)))
