@@ -93,16 +93,22 @@ class TrunkCache:
         """Trunk outputs of `rows` (CPU, float32), computing those not cached yet."""
         missing = [r for r in dict.fromkeys(rows) if r not in self._features]
         if missing:
-            training = model.training
-            model.eval()
-            for start in range(0, len(missing), self.batch_size):
-                chunk = missing[start : start + self.batch_size]
-                images = torch.stack([self.transform(self.load_image(r)) for r in chunk])
-                with autocast(self.device):
-                    out = run_trunk(model, self.depth, images.to(self.device)).float().cpu()
-                self._features.update(zip(chunk, out, strict=True))
-            model.train(training)
+            out = self._outputs(model, missing, self.transform)
+            self._features.update(zip(missing, out, strict=True))
         return torch.stack([self._features[r] for r in rows])
+
+    def _outputs(self, model: nn.Module, rows: Sequence[int], transform: Transform) -> torch.Tensor:
+        """The trunk's outputs (CPU, float32) on `rows` under `transform`, in batches, in order."""
+        training = model.training
+        model.eval()
+        outputs = []
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            images = torch.stack([transform(self.load_image(r)) for r in chunk])
+            with autocast(self.device):
+                outputs.append(run_trunk(model, self.depth, images.to(self.device)).float().cpu())
+        model.train(training)
+        return torch.cat(outputs)
 
     @torch.no_grad()
     def augmented(
@@ -118,22 +124,12 @@ class TrunkCache:
         DataLoader (the same views for every model); the last such set is kept."""
         key = (tuple(rows), repr(transform), augmentations, seed)
         if self._views is None or self._views[0] != key:
-            training = model.training
-            model.eval()
             views = []
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 for _ in range(augmentations):
                     # what a DataLoader draws when it starts: the same views as models.evaluate
                     torch.empty((), dtype=torch.int64).random_()
-                    outputs = []
-                    for start in range(0, len(rows), self.batch_size):
-                        chunk = rows[start : start + self.batch_size]
-                        images = torch.stack([transform(self.load_image(r)) for r in chunk])
-                        with autocast(self.device):
-                            out = run_trunk(model, self.depth, images.to(self.device))
-                        outputs.append(out.float().cpu())
-                    views.append(torch.cat(outputs))
-            model.train(training)
+                    views.append(self._outputs(model, rows, transform))
             self._views = (key, views)
         return self._views[1]
