@@ -20,7 +20,14 @@ from app.storage import artifact_store
 from app.tables import ModelVersion, RegisteredModel, VersionStatus, utcnow
 from models.data.splits import SplitIndices
 from models.train.checkpoint import load_checkpoint
-from worker.prepare import DataUnavailable, Inputs, build_artifacts, load_inputs, progress_writer
+from worker.prepare import (
+    DataUnavailable,
+    Inputs,
+    build_artifacts,
+    load_inputs,
+    progress_writer,
+    steps_total,
+)
 
 log = logging.getLogger(__name__)
 KEY = "refresh"  # where in `ModelVersion.progress` the refresh reports
@@ -77,7 +84,7 @@ def refresh_version(settings: Settings, version_id: int) -> dict[str, Any]:
         spec = training_data_of(session, version)
         sha, erased = version.sha256, set(version.erased_identity_hashes or [])
     report = progress_writer(settings, version_id, KEY)
-    report("validating", 0, 3)
+    report("validating", 0, steps_total(settings))
     with session_factory(settings)() as session:
         version = session.get_one(ModelVersion, version_id)
         state = {**((version.progress or {}).get(KEY) or {}), "state": "running"}
@@ -87,7 +94,7 @@ def refresh_version(settings: Settings, version_id: int) -> dict[str, Any]:
         store = artifact_store(settings)
         with store.local_copy("models", sha) as path:
             checkpoint = load_checkpoint(path, expected_sha256=sha)
-        report("identity_index", 1, 3)
+        report("identity_index", 1, steps_total(settings))
         inputs = load_inputs(settings, checkpoint, spec)
     except DataUnavailable as exc:
         log.warning("refresh of version %s: training data unavailable: %s", version_id, exc)
