@@ -67,6 +67,7 @@ METHODS: dict[str, MethodInfo] = {
         MethodInfo("pgu", "support", prepares=True),
         MethodInfo("scrub", "support+retain", prepares=False),
         MethodInfo("ssd", "support", prepares=True),
+        MethodInfo("stranger", "support", prepares=True),
     )
 }
 
@@ -101,6 +102,7 @@ PRETRAINED: dict[str, PretrainedInfo] = {
         ),
     )
 }
+
 
 @dataclass(frozen=True)
 class PresetInfo:
@@ -154,9 +156,7 @@ DATASETS: dict[str, DatasetInfo] = {
     for d in (
         DatasetInfo("synthfaces", {"attributes": 17, "age": 8}, built_in=True),
         DatasetInfo("celeba", {"attributes": None}, loader="models.data.celeba:load_celeba"),
-        DatasetInfo(
-            "celebahq", {"attributes": None}, loader="models.data.celebahq:load_celebahq"
-        ),
+        DatasetInfo("celebahq", {"attributes": None}, loader="models.data.celebahq:load_celebahq"),
         DatasetInfo("mufac", {"age": 8}, loader="models.data.mufac:load_mufac"),
     )
 }

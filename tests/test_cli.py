@@ -172,12 +172,14 @@ def test_benchmark_prepares_and_runs_every_method(tmp_path: Path) -> None:
     argv = ["benchmark", *TINY, "--requests", "2", "--methods", "all", *TINY_RMIA, "--quiet"]
     # each method also runs on the retrained reference for RMIA: shorten the slowest two
     quick = ["--set", "metaunlearn.meta_epochs=1", "--set", "pgu.epochs=1"]
+    quick += ["--set", "stranger.steps=5"]
     main([*argv, *quick, "--out", str(out)])
     results = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}
     assert set(results["config"]["method_needs"]) == set(rows) - {"original", "retrain"}
     assert all(rows[m]["rmia_auc"] is not None for m in results["config"]["method_needs"])
-    assert {"jit", "metaunlearn", "neggrad", "pgu", "ssd"} <= set(rows)
-    for name in ("metaunlearn", "pgu", "ssd"):  # prepared at "onboarding" before erasure
+    assert {"jit", "metaunlearn", "neggrad", "pgu", "ssd", "stranger"} <= set(rows)
+    # prepared at "onboarding" before erasure
+    for name in ("metaunlearn", "pgu", "ssd", "stranger"):
         assert rows[name]["prepare_seconds"] > 0
     assert rows["jit"]["prepare_seconds"] is None

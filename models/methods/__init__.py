@@ -8,6 +8,7 @@ from models.methods import (
     pgu,  # noqa: F401  (registers "pgu")
     scrub,  # noqa: F401  (registers "scrub")
     ssd,  # noqa: F401  (registers "ssd")
+    stranger,  # noqa: F401  (registers "stranger")
 )
 from models.methods.base import PrepareData, UnlearningMethod, UnlearnRequest
 from models.methods.registry import get_method, list_methods, register_method, resolve_config

@@ -37,6 +37,27 @@ def trunk_depth(model: nn.Module, frozen: Sequence[str]) -> int | None:
     return depth
 
 
+def frozen_depth(model: nn.Module) -> int | None:
+    """The depth of the trunk a model has frozen (`freeze_modules`), read from its parameters:
+    the stem and the leading stages that have no trainable parameter. None when nothing is."""
+    names = []
+    for name in ("conv_stem", "bn1"):
+        module = getattr(model, name, None)
+        if not isinstance(module, nn.Module):
+            return None
+        names.append(name)
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Sequential):
+        return None
+    if any(p.requires_grad for p in model.conv_stem.parameters()):  # type: ignore[union-attr]
+        return None
+    for i, block in enumerate(blocks):
+        if any(p.requires_grad for p in block.parameters()):
+            break
+        names.append(f"blocks.{i}")
+    return trunk_depth(model, names)
+
+
 def trunk_signature(model: nn.Module, depth: int) -> str:
     """A digest of the trunk's weights and statistics: equal digests, equal trunk outputs."""
     digest = hashlib.sha256()
