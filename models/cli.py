@@ -95,16 +95,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     from models.data.registry import load_dataset
     from models.data.splits import make_splits, split_indices
     from models.device import default_device
-    from models.protocol import train_reference
+    from models.protocol import train_reference, trunk_cache
 
     setup = _setup(args)
     data = load_dataset(setup.dataset)
     splits = make_splits(data.identities, data.keys, args.requests, args.seed)
     indices = split_indices(data, splits)
     setup = replace(setup, train=replace(setup.train, seed=args.seed))
-    out = Path(args.out)
+    out, device = Path(args.out), default_device()
     _, checkpoint, seconds = train_reference(
-        setup, data, splits, indices, args.role, default_device(), out
+        setup, data, splits, indices, args.role, device, out, cache=trunk_cache(setup, data, device)
     )
     _print(
         {
