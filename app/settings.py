@@ -33,11 +33,13 @@ class Settings(BaseSettings):
     max_identity_length: int = 128
 
     default_model: str = "synthfaces"
-    default_method: str = "jit"
+    # Stranger: the support-only method that met the erasure bar on the pretrained preset
+    # (README, "The pretrained regime"); it prepares at onboarding, hence prepare_methods.
+    default_method: str = "stranger"
     # Operator overrides of pinned method configs, e.g. LETHE_METHOD_OPTIONS='{"jit": {"lr": 0.01}}'
     method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Methods whose onboarding artifacts are computed when a version is registered.
-    prepare_methods: list[str] = Field(default_factory=list)
+    prepare_methods: list[str] = Field(default_factory=lambda: ["stranger"])
     guardrail_max_score_drop: float = 1.0  # audit-set points; beyond this a version needs review
     requeue_cap: int = 3
     sweep_after_seconds: float = 60.0  # re-send a queued request with no live task after this

@@ -209,6 +209,10 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         # two simulated erasures per method keep each onboarding fast; tests of the
         # calibration itself ask for more
         "efficacy_trials": 2,
+        # the machinery under test, on tiny models: JiT needs no preparation; the shipped
+        # default (Stranger, prepared) has its own tests (test_service_integration.py)
+        "default_method": "jit",
+        "prepare_methods": [],
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]

@@ -7,6 +7,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,6 +25,7 @@ from models.cli import main as ml_main
 from models.data.synthfaces import SynthFaces, SynthFacesConfig
 from models.train.checkpoint import load_checkpoint
 from worker.embedded import (
+    Services,
     efficacy_summary,
     running_services,
     wait_for_ready_version,
@@ -69,6 +72,17 @@ def _post(client: httpx.Client, identity: str, png: bytes, method: str | None = 
 def _versions(client: httpx.Client) -> dict[int, dict]:
     items = client.get(f"/models/{MODEL}/versions").raise_for_status().json()["items"]
     return {v["version"]: v for v in items}
+
+
+@contextmanager
+def _service(settings: Settings) -> Iterator[tuple[Services, httpx.Client]]:
+    """The API and a worker, and a client holding a key with every scope these tests use."""
+    with running_services(settings) as services:
+        key = keys_create("it", ["requests:create", "requests:read", "models:admin"], settings)
+        with httpx.Client(
+            base_url=services.base_url, headers={"X-API-Key": key}, timeout=30
+        ) as client:
+            yield services, client
 
 
 def _register(client: httpx.Client, checkpoint: Path) -> dict:
@@ -118,33 +132,29 @@ def test_erasure_over_http_with_a_real_worker(service_settings, tiny_checkpoint:
         update={"guardrail_max_score_drop": 100.0, "checkpoint_dirs": [tiny_checkpoint.parent]}
     )
     (identity, png), *others = _portraits(tiny_checkpoint, 3)
-    with running_services(settings) as services:
-        key = keys_create("it", ["requests:create", "requests:read", "models:admin"], settings)
-        with httpx.Client(
-            base_url=services.base_url, headers={"X-API-Key": key}, timeout=30
-        ) as client:
-            first = _register(client, tiny_checkpoint)
-            _erase_and_check(client, settings, first, identity, png)
+    with _service(settings) as (_, client):
+        first = _register(client, tiny_checkpoint)
+        _erase_and_check(client, settings, first, identity, png)
 
-            # Two requests at once: coalesced into one job or not, the chain stays linear.
-            ids: list[str] = []
-            threads = [
-                threading.Thread(target=lambda i=i, p=p: ids.append(_post(client, i, p)))
-                for i, p in others
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            finals = [wait_for_request(client, rid, 180) for rid in ids]
-            assert [f["status"] for f in finals] == ["completed", "completed"]
-            versions = _versions(client)
-            parents = [v["parent_version"] for v in versions.values()]
-            assert len(parents) == len(set(parents)) and len(versions) in (3, 4)
-            if len(versions) == 3:  # one job: both requests name it and its version
-                assert finals[0]["batch_id"] == finals[1]["batch_id"]
-                assert finals[0]["result_version"] == finals[1]["result_version"]
-                assert finals[0]["audit"]["run"]["batch_size"] == 2
+        # Two requests at once: coalesced into one job or not, the chain stays linear.
+        ids: list[str] = []
+        threads = [
+            threading.Thread(target=lambda i=i, p=p: ids.append(_post(client, i, p)))
+            for i, p in others
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        finals = [wait_for_request(client, rid, 180) for rid in ids]
+        assert [f["status"] for f in finals] == ["completed", "completed"]
+        versions = _versions(client)
+        parents = [v["parent_version"] for v in versions.values()]
+        assert len(parents) == len(set(parents)) and len(versions) in (3, 4)
+        if len(versions) == 3:  # one job: both requests name it and its version
+            assert finals[0]["batch_id"] == finals[1]["batch_id"]
+            assert finals[0]["result_version"] == finals[1]["result_version"]
+            assert finals[0]["audit"]["run"]["batch_size"] == 2
 
 
 def test_a_burst_of_requests_is_erased_in_batches(service_settings, tiny_checkpoint: Path) -> None:
@@ -158,30 +168,26 @@ def test_a_burst_of_requests_is_erased_in_batches(service_settings, tiny_checkpo
         }
     )
     people = _portraits(tiny_checkpoint, 6)
-    with running_services(settings) as services:
-        key = keys_create("it", ["requests:create", "requests:read", "models:admin"], settings)
-        with httpx.Client(
-            base_url=services.base_url, headers={"X-API-Key": key}, timeout=30
-        ) as client:
-            _register(client, tiny_checkpoint)
-            ids = [_post(client, identity, png) for identity, png in people]
-            duplicate = _post(client, *people[0])  # the first person again, still in flight
-            finals = [wait_for_request(client, request_id, 180) for request_id in ids]
-            assert [f["status"] for f in finals] == ["completed"] * 6
-            jobs = {f["batch_id"] for f in finals}
-            assert len(jobs) == 2, finals
-            by_job = {
-                job: {f["result_version"]["version"] for f in finals if f["batch_id"] == job}
-                for job in jobs
-            }
-            assert all(len(versions) == 1 for versions in by_job.values())
-            assert sorted(f["audit"]["run"]["batch_size"] for f in finals) == [3] * 6
-            follower = wait_for_request(client, duplicate, 60)
-            assert follower["status"] == "completed" and follower["linked_request_id"] == ids[0]
-            assert follower["result_version"] == finals[0]["result_version"]
-            versions = _versions(client)
-            assert len(versions) == 3 and versions[3]["erased_identities"] == 6
-            assert "serving" in versions[3]["aliases"]
+    with _service(settings) as (_, client):
+        _register(client, tiny_checkpoint)
+        ids = [_post(client, identity, png) for identity, png in people]
+        duplicate = _post(client, *people[0])  # the first person again, still in flight
+        finals = [wait_for_request(client, request_id, 180) for request_id in ids]
+        assert [f["status"] for f in finals] == ["completed"] * 6
+        jobs = {f["batch_id"] for f in finals}
+        assert len(jobs) == 2, finals
+        by_job = {
+            job: {f["result_version"]["version"] for f in finals if f["batch_id"] == job}
+            for job in jobs
+        }
+        assert all(len(versions) == 1 for versions in by_job.values())
+        assert sorted(f["audit"]["run"]["batch_size"] for f in finals) == [3] * 6
+        follower = wait_for_request(client, duplicate, 60)
+        assert follower["status"] == "completed" and follower["linked_request_id"] == ids[0]
+        assert follower["result_version"] == finals[0]["result_version"]
+        versions = _versions(client)
+        assert len(versions) == 3 and versions[3]["erased_identities"] == 6
+        assert "serving" in versions[3]["aliases"]
 
 
 def test_metaunlearn_erasure_with_prepared_artifacts(
@@ -198,19 +204,40 @@ def test_metaunlearn_erasure_with_prepared_artifacts(
         }
     )
     (identity, png), *_ = _portraits(tiny_checkpoint, 1)
-    with running_services(settings) as services:
-        key = keys_create("it", ["requests:create", "requests:read", "models:admin"], settings)
-        with httpx.Client(
-            base_url=services.base_url, headers={"X-API-Key": key}, timeout=30
-        ) as client:
-            first = _register(client, tiny_checkpoint)
-            body = _erase_and_check(client, settings, first, identity, png, "metaunlearn")
+    with _service(settings) as (_, client):
+        first = _register(client, tiny_checkpoint)
+        body = _erase_and_check(client, settings, first, identity, png, "metaunlearn")
 
-            assert body["method"] == "metaunlearn"
-            assert body["audit"]["run"]["method"] == "metaunlearn"
-            assert body["audit"]["run"]["config"]["max_requests_per_epoch"] == 2
-            new = _versions(client)[body["result_version"]["version"]]
-            assert new["method"] == "metaunlearn"
+        assert body["method"] == "metaunlearn"
+        assert body["audit"]["run"]["method"] == "metaunlearn"
+        assert body["audit"]["run"]["config"]["max_requests_per_epoch"] == 2
+        new = _versions(client)[body["result_version"]["version"]]
+        assert new["method"] == "metaunlearn"
+
+
+def test_the_shipped_default_method_erases_with_its_prepared_probe(
+    service_settings: Settings, tiny_checkpoint: Path
+) -> None:
+    shipped = Settings.model_fields
+    settings = service_settings.model_copy(
+        update={
+            "guardrail_max_score_drop": 100.0,
+            "checkpoint_dirs": [tiny_checkpoint.parent],
+            "default_method": shipped["default_method"].default,
+            "prepare_methods": shipped["prepare_methods"].default_factory(),  # type: ignore[misc]
+        }
+    )
+    assert settings.default_method == "stranger" and settings.prepare_methods == ["stranger"]
+    (identity, png), *_ = _portraits(tiny_checkpoint, 1)
+    with _service(settings) as (_, client):
+        first = _register(client, tiny_checkpoint)
+        assert "stranger" in first["efficacy"]["methods"]
+        body = _erase_and_check(client, settings, first, identity, png)  # no method named
+
+        run = body["audit"]["run"]
+        assert body["method"] == run["method"] == "stranger"
+        assert run["calibrated_efficacy"]["config"]["steps"] == run["config"]["steps"]
+        assert run["param_change_l2"] > 0
 
 
 def test_worker_killed_mid_job_is_recovered(service_settings, tiny_checkpoint: Path) -> None:
@@ -226,38 +253,34 @@ def test_worker_killed_mid_job_is_recovered(service_settings, tiny_checkpoint: P
         }
     )
     (identity, png), *_ = _portraits(tiny_checkpoint, 1)
-    with running_services(settings) as services:
-        key = keys_create("it", ["requests:create", "requests:read", "models:admin"], settings)
-        with httpx.Client(
-            base_url=services.base_url, headers={"X-API-Key": key}, timeout=30
-        ) as client:
-            _register(client, tiny_checkpoint)
-            request_id = _post(client, identity, png)
-            deadline = time.monotonic() + 120
-            while client.get(f"/deletion-requests/{request_id}").json()["status"] != "running":
-                assert time.monotonic() < deadline, "the job never started"
-                time.sleep(0.2)
-            time.sleep(1.0)
-            os.kill(services.worker.pid, signal.SIGKILL)
-            services.worker.wait(timeout=10)
-            services.restart_worker()
+    with _service(settings) as (services, client):
+        _register(client, tiny_checkpoint)
+        request_id = _post(client, identity, png)
+        deadline = time.monotonic() + 120
+        while client.get(f"/deletion-requests/{request_id}").json()["status"] != "running":
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.kill(services.worker.pid, signal.SIGKILL)
+        services.worker.wait(timeout=10)
+        services.restart_worker()
 
-            body = wait_for_request(client, request_id, 300)
-            assert body["status"] in ("completed", "failed"), body
-            if body["status"] == "failed":
-                assert body["error"]["code"] == "requeue_cap_reached"
-            assert body["attempts"] >= 1  # requeues after the first run
-            statuses = [e["to_status"] for e in body["events"]]
-            assert statuses.count("running") >= 2 and statuses.count("queued") >= 2
-            requeue = next(
-                e
-                for e in body["events"]
-                if e["from_status"] == "running" and e["to_status"] == "queued"
-            )
-            assert requeue["reason"]
-            with session_scope(settings) as session:
-                versions = session.scalars(select(ModelVersion)).all()
-            store = artifact_store(settings)
-            for version in versions:  # every referenced model file exists and is complete
-                kind, _, sha = version.artifact_uri.partition("/")
-                assert store.read(kind, sha)
+        body = wait_for_request(client, request_id, 300)
+        assert body["status"] in ("completed", "failed"), body
+        if body["status"] == "failed":
+            assert body["error"]["code"] == "requeue_cap_reached"
+        assert body["attempts"] >= 1  # requeues after the first run
+        statuses = [e["to_status"] for e in body["events"]]
+        assert statuses.count("running") >= 2 and statuses.count("queued") >= 2
+        requeue = next(
+            e
+            for e in body["events"]
+            if e["from_status"] == "running" and e["to_status"] == "queued"
+        )
+        assert requeue["reason"]
+        with session_scope(settings) as session:
+            versions = session.scalars(select(ModelVersion)).all()
+        store = artifact_store(settings)
+        for version in versions:  # every referenced model file exists and is complete
+            kind, _, sha = version.artifact_uri.partition("/")
+            assert store.read(kind, sha)

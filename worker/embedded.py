@@ -160,14 +160,17 @@ def running_services(settings: Settings, port: int | None = None) -> Iterator[Se
 
 
 def ensure_demo_checkpoint(settings: Settings, epochs: int | None = None) -> Path:
-    """Train the default synthfaces model once (reused afterwards) and return its path."""
-    path = settings.data_dir / "models" / "synthfaces-original.pth"
+    """Train the default synthfaces model once (reused afterwards) and return its path: the
+    pretrained preset, the regime where the default method's erasure was measured."""
+    path = settings.data_dir / "models" / "synthfaces-pretrained-original.pth"
     if path.is_file():
         return path
     from models.cli import main as ml_main
 
     argv = [
         "train",
+        "--preset",
+        "pretrained",
         "--dataset",
         "synthfaces",
         "--requests",
