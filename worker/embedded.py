@@ -226,7 +226,7 @@ def wait_for_ready_version(client: httpx.Client, model: str, timeout: float) -> 
         time.sleep(0.5)
 
 
-def demo(settings: Settings, epochs: int | None = None, timeout: float = 600) -> dict[str, Any]:
+def demo(settings: Settings, epochs: int | None = None, timeout: float = 1800) -> dict[str, Any]:
     """The whole flow on one machine; returns the finished request's JSON."""
     from app.cli import keys_create
 
