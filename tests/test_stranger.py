@@ -104,6 +104,15 @@ def test_an_erasure_pulls_the_portraits_to_the_probe_and_holds_the_anchors(
     assert anchor_drift(pinned) < 0.5 * anchor_drift(loose)
 
 
+def test_a_probe_fitted_on_other_extractor_weights_is_refused() -> None:
+    method, data = get_method("stranger"), _prepare_data(MULTILABEL)
+    cfg = StrangerConfig(steps=1, anchors=4, anchor_batch=4, views=0)
+    artifacts = method.prepare(_model(MULTILABEL), data, cfg)
+    artifacts["probe"]["weights_sha256"] = "0" * 64
+    with pytest.raises(ValueError, match="other extractor weights"):
+        method.unlearn(_model(MULTILABEL), _request(MULTILABEL), artifacts, cfg)
+
+
 def test_it_needs_val_images_at_onboarding() -> None:
     data = _prepare_data(MULTILABEL)
     data.val_images = None

@@ -78,8 +78,10 @@ class Stranger(UnlearningMethod):
         device, dtype = first.device, first.dtype
         kind = request.task.kind
         images = request.images.to(device=device, dtype=dtype)
+        probe = Probe(**artifacts["probe"])
+        probe.check_extractor()
         net = extractor(int(images.shape[-1]), device)
-        probe_logits = Probe(**artifacts["probe"]).logits(stranger_features(net, images))
+        probe_logits = probe.logits(stranger_features(net, images))
         targets = torch.sigmoid(probe_logits) if kind == "multilabel" else probe_logits.argmax(1)
         anchors = artifacts["anchors"].to(device=device, dtype=dtype)
         model.eval()

@@ -17,7 +17,7 @@ from torch import nn
 
 from models.data.base import TaskKind
 from models.methods.base import Images
-from models.nets.factory import create_model
+from models.nets.factory import create_model, features_and_logits
 from models.nets.pretrained import pretrained_weights
 
 EXTRACTOR = "tf_efficientnet_lite0"
@@ -38,7 +38,7 @@ def stranger_features(net: nn.Module, images: Images, batch_size: int = 64) -> t
     for start in range(0, len(images), batch_size):
         rows = list(range(start, min(start + batch_size, len(images))))
         x = images[rows].to(device=device, dtype=torch.float32)
-        out.append(net.forward_head(net.forward_features(x), pre_logits=True).float())  # type: ignore[operator]
+        out.append(features_and_logits(net, x)[0].float())
     return torch.cat(out)
 
 
@@ -51,6 +51,14 @@ class Probe:
     weight: torch.Tensor
     bias: torch.Tensor
     weights_sha256: str  # the extractor weights it was fitted on
+
+    def check_extractor(self) -> None:
+        """Refuse a probe fitted on other extractor weights than the installed ones."""
+        if self.weights_sha256 != pretrained_weights(WEIGHTS, EXTRACTOR).sha256:
+            raise ValueError(
+                "the stranger probe was fitted on other extractor weights than the installed "
+                "ones; prepare the model version again"
+            )
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """The probe's logits on extractor features."""
