@@ -42,7 +42,7 @@ def test_the_probe_learns_a_linear_rule_it_was_not_shown_on_new_rows(task: TaskS
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(12, task.num_outputs, generator=gen)
     train, test = (torch.randn(n, 12, generator=gen) * 3 + 1 for n in (400, 200))
-    probe = fit_probe(train, _labels(task, train, w), task.kind, l2=1e-4)
+    probe = fit_probe(train, _labels(task, train, w), task, l2=1e-4)
     logits = probe.logits(test)
     predicted = (logits > 0).float() if task.kind == "multilabel" else logits.argmax(1)
     # chance would agree on about half (multi-label) or a third (three classes) of the rows

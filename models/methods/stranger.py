@@ -67,7 +67,7 @@ class Stranger(UnlearningMethod):
         anchors = val[rows.tolist()].to(torch.float16).cpu()
         net = extractor(int(anchors.shape[-1]), next(model.parameters()).device)
         features = stranger_features(net, val, cfg.batch_size).cpu()
-        probe = fit_probe(features, targets, data.task.kind, cfg.probe_l2)
+        probe = fit_probe(features, targets, data.task, cfg.probe_l2)
         return {"probe": probe.to_dict(), "anchors": anchors}
 
     def unlearn(

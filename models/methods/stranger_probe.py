@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from models.data.base import TaskKind
+from models.data.base import TaskSpec
 from models.methods.base import Images
+from models.methods.common import task_loss
 from models.nets.factory import create_model, features_and_logits
 from models.nets.pretrained import pretrained_weights
 
@@ -71,24 +71,20 @@ class Probe:
 
 
 def fit_probe(
-    features: torch.Tensor, targets: torch.Tensor, kind: TaskKind, l2: float, iters: int = 200
+    features: torch.Tensor, targets: torch.Tensor, task: TaskSpec, l2: float, iters: int = 200
 ) -> Probe:
-    """Fit the probe by L-BFGS on the task loss plus l2·‖W‖² (full batch, deterministic)."""
+    """Fit the probe by L-BFGS on the task loss plus l2·‖W‖² (full batch, deterministic).
+
+    It has one output per label of the task, also for a class VAL happens not to hold."""
     mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
     z = (features - mean) / std
-    outputs = targets.shape[1] if kind == "multilabel" else int(targets.max()) + 1
-    weight = torch.zeros(outputs, z.shape[1], requires_grad=True)
-    bias = torch.zeros(outputs, requires_grad=True)
+    weight = torch.zeros(task.num_outputs, z.shape[1], requires_grad=True)
+    bias = torch.zeros(task.num_outputs, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=iters, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        logits = z @ weight.T + bias
-        if kind == "multilabel":
-            loss = F.binary_cross_entropy_with_logits(logits, targets.float())
-        else:
-            loss = F.cross_entropy(logits, targets.long())
-        loss = loss + l2 * weight.pow(2).sum()
+        loss = task_loss(task.kind, z @ weight.T + bias, targets) + l2 * weight.pow(2).sum()
         loss.backward()
         return loss
 
