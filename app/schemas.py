@@ -317,6 +317,12 @@ class BenchmarkCreate(BaseModel):
     rmia: bool = Field(default=True, description="false: `--no-rmia`.")
     rmia_augmentations: int = Field(default=2, ge=1, le=64)
     rmia_population: int = Field(default=500, ge=1, le=1_000_000)
+    single_identities: int = Field(
+        default=5,
+        ge=1,
+        le=64,
+        description="`--single-identities`: one-identity requests per seed at N = 1.",
+    )
 
 
 class BenchmarkRunOut(BaseModel):

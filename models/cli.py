@@ -219,6 +219,7 @@ def benchmark_config(args: argparse.Namespace) -> Any:
         rmia=not args.no_rmia,
         rmia_augmentations=args.rmia_augs,
         rmia_population=args.rmia_population,
+        single_identities=args.single_identities,
     )
 
 
@@ -291,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="RMIA: at most this many population rows (default 500)",
     )
     bench.add_argument("--no-rmia", action="store_true", help="skip RMIA (its columns stay empty)")
+    bench.add_argument(
+        "--single-identities",
+        type=int,
+        default=5,
+        help="N = 1: one-identity requests per seed, scored together against one reference pair "
+        "(default 5; 1 is the paper's single draw)",
+    )
     bench.add_argument("--out", required=True, help="output folder")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=cmd_benchmark)

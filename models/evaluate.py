@@ -19,10 +19,12 @@ from models.nets.trunk import TrunkCache, run_tail
 
 @dataclass(frozen=True)
 class SetResult:
-    """A model's score (0-100) and per-sample losses on one set of images."""
+    """A model's score (0-100), per-sample losses and outputs on one set of images."""
 
     score: float
     losses: np.ndarray
+    logits: torch.Tensor
+    targets: torch.Tensor
 
     @property
     def size(self) -> int:
@@ -93,5 +95,7 @@ def evaluate_sets(
         results[name] = SetResult(
             score=task_score(kind, logits, targets),
             losses=per_sample_loss(kind, logits, targets).numpy(),
+            logits=logits,
+            targets=targets,
         )
     return results

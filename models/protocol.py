@@ -23,7 +23,7 @@ from models.evaluate import SetResult, evaluate_sets, predict
 from models.methods.base import Artifacts, UnlearningMethod, UnlearnRequest
 from models.methods.prepare_data import build_prepare_data
 from models.metrics.mia import loss_mia
-from models.metrics.scores import per_sample_loss
+from models.metrics.scores import per_sample_loss, task_score
 from models.metrics.tow import SetScores, tug_of_war
 from models.nets import create_model, data_config, freeze_modules
 from models.nets.pretrained import pretrained_weights
@@ -226,6 +226,38 @@ class Evaluation:
         return tug_of_war(self.scores, reference.scores)
 
 
+def protocol_results(
+    model: nn.Module,
+    data: FaceData,
+    task: str,
+    indices: SplitIndices,
+    image_size: int,
+    device: torch.device,
+    cache: TrunkCache | None = None,
+) -> dict[str, SetResult]:
+    """Scores, losses and outputs of `model` on RETAIN, FORGET, TEST and VAL; a fitting `cache`
+    runs only the network's tail."""
+    sets = {
+        "retain": indices.retain,
+        "forget": indices.forget,
+        "test": indices.test,
+        "val": indices.val,
+    }
+    transform = test_transform(data_config(model, image_size))
+    return evaluate_sets(model.to(device), data, task, sets, transform, device, cache=cache)
+
+
+def _mia(results: dict[str, SetResult]) -> tuple[float, float]:
+    """The RF loss MIA's (AUC, accuracy): fit on retain vs val, attack forget vs test."""
+    mia = loss_mia(
+        results["retain"].losses,
+        results["val"].losses,
+        results["forget"].losses,
+        results["test"].losses,
+    )
+    return mia.auc, mia.acc
+
+
 def evaluate_protocol(
     model: nn.Module,
     data: FaceData,
@@ -237,28 +269,32 @@ def evaluate_protocol(
 ) -> Evaluation:
     """Retain/forget/test scores and the RF loss MIA (retain vs val, forget vs test); a fitting
     `cache` runs only the network's tail."""
-    sets = {
-        "retain": indices.retain,
-        "forget": indices.forget,
-        "test": indices.test,
-        "val": indices.val,
-    }
-    transform = test_transform(data_config(model, image_size))
-    results: dict[str, SetResult] = evaluate_sets(
-        model.to(device), data, task, sets, transform, device, cache=cache
-    )
-    mia = loss_mia(
-        results["retain"].losses,
-        results["val"].losses,
-        results["forget"].losses,
-        results["test"].losses,
-    )
+    results = protocol_results(model, data, task, indices, image_size, device, cache)
+    auc, acc = _mia(results)
     return Evaluation(
         retain=results["retain"].score,
         forget=results["forget"].score,
         test=results["test"].score,
-        mia_auc=mia.auc,
-        mia_acc=mia.acc,
+        mia_auc=auc,
+        mia_acc=acc,
+    )
+
+
+def pool_single_requests(parts: Sequence[dict[str, SetResult]], kind: str) -> Evaluation:
+    """One evaluation of several one-identity erasures, each `protocol_results` on its own
+    identity's FORGET rows: FORGET is scored on every model's outputs for its own identity
+    together, RETAIN, TEST and the loss MIA are the models' means."""
+    if not parts:
+        raise ValueError("no single-identity erasure to pool")
+    forget_logits = torch.cat([part["forget"].logits for part in parts])
+    forget_targets = torch.cat([part["forget"].targets for part in parts])
+    mias = [_mia(part) for part in parts]
+    return Evaluation(
+        retain=float(np.mean([part["retain"].score for part in parts])),
+        forget=task_score(kind, forget_logits, forget_targets),
+        test=float(np.mean([part["test"].score for part in parts])),
+        mia_auc=float(np.mean([auc for auc, _ in mias])),
+        mia_acc=float(np.mean([acc for _, acc in mias])),
     )
 
 

@@ -168,7 +168,7 @@ def test_create_records_then_enqueues_and_report_waits(api: Api) -> None:
         "--dataset", "synthfaces", "--task", "attributes", "--preset", "scratch",
         "--image-size", "32",
         "--synth-identities", "40", "--epochs", "1", "--requests", "3", "--seeds", "0,1",
-        "--methods", "jit", "--no-rmia",
+        "--methods", "jit", "--single-identities", "5", "--no-rmia",
     ]  # fmt: skip
     with session_scope(api.settings) as session:
         row = session.get(BenchmarkRun, run_id)
@@ -224,6 +224,7 @@ def test_argv_parses_to_the_config_the_body_describes(tmp_path: Path) -> None:
         method_options={"jit": {"lr": 0.01, "eval_mode": False}, "ssd": {"alpha": 10}},
         rmia_augmentations=3,
         rmia_population=100,
+        single_identities=3,
     )
     argv = benchmark_service.benchmark_argv(body, Settings(_env_file=None))
     args = build_parser().parse_args(["benchmark", *argv, "--out", str(tmp_path)])
@@ -236,6 +237,7 @@ def test_argv_parses_to_the_config_the_body_describes(tmp_path: Path) -> None:
     assert list(cfg.methods) == ["jit", "ssd"]
     assert cfg.method_overrides == {"jit": {"lr": 0.01, "eval_mode": False}, "ssd": {"alpha": 10}}
     assert cfg.rmia and cfg.rmia_augmentations == 3 and cfg.rmia_population == 100
+    assert cfg.single_identities == 3
 
     pretrained = benchmark_service.benchmark_argv(
         BenchmarkCreate(preset="pretrained"), Settings(_env_file=None)

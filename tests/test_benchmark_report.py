@@ -15,8 +15,16 @@ from models.benchmark.plot import plot_tow_vs_time
 from models.benchmark.report import summarize, summary_table, write_markdown
 from models.data.base import FaceData
 from models.data.splits import SplitIndices, make_splits, split_indices
+from models.evaluate import SetResult
+from models.metrics.mia import loss_mia
 from models.nets import create_model
-from models.protocol import loss_signal, privileged_request, rmia_sets, support_request
+from models.protocol import (
+    loss_signal,
+    pool_single_requests,
+    privileged_request,
+    rmia_sets,
+    support_request,
+)
 
 METRICS = ("retain", "forget", "test", "mia_auc", "rmia_auc", "rmia_tpr_at_0.01pct_fpr", "tow")
 
@@ -80,8 +88,13 @@ def test_summary_is_mean_and_sample_std_over_seeds() -> None:
     assert jit["tow"].ci95 == pytest.approx(4.302653 * jit["tow"].std / np.sqrt(3), rel=1e-5)
 
 
-def _pass(requests: int, seed: int, forget: dict[str, float], test: dict[str, float],
-          tow: dict[str, float]) -> list[dict[str, Any]]:
+def _pass(
+    requests: int,
+    seed: int,
+    forget: dict[str, float],
+    test: dict[str, float],
+    tow: dict[str, float],
+) -> list[dict[str, Any]]:
     return [
         {"method": m, "requests": requests, "seed": seed, "forget": forget[m], "test": test[m],
          "tow": tow[m]}
@@ -125,6 +138,43 @@ def test_gap_closure_test_drop_and_paired_differences_by_hand(tmp_path: Path) ->
     text = (tmp_path / "r.md").read_text()
     assert "held-out seeds [1, 2] (seed 0 calibrates)" in text
     assert "| a | b | 5 | 3 | 7.67 [-14.04, 29.37] | 2/3 | 10.00, 15.00, -2.00 |" in text
+
+
+def _set(score: float, losses: list[float], logits: list[list[float]], targets: list[list[int]]):
+    return SetResult(
+        score=score,
+        losses=np.asarray(losses),
+        logits=torch.tensor(logits),
+        targets=torch.tensor(targets, dtype=torch.float32),
+    )
+
+
+def test_single_identity_requests_pool_forget_and_average_the_rest() -> None:
+    none = [[0.0, 0.0]]
+    members, others = [0.1, 0.2, 0.3, 0.2], [1.0, 1.2, 0.9, 1.1]
+    parts = [
+        {
+            "retain": _set(80.0, members, none, [[1, 0]]),
+            "val": _set(50.0, others, none, [[1, 0]]),
+            "test": _set(60.0, others, none, [[1, 0]]),
+            "forget": _set(75.0, [0.2, 1.0], [[2, -1], [1, -2]], [[1, 0], [1, 1]]),
+        },
+        {
+            "retain": _set(90.0, members, none, [[1, 0]]),
+            "val": _set(50.0, others, none, [[1, 0]]),
+            "test": _set(70.0, others, none, [[1, 0]]),
+            "forget": _set(100.0, [1.1], [[-1, 3]], [[0, 1]]),
+        },
+    ]
+    ev = pool_single_requests(parts, "multilabel")
+    # attribute 0 ranks its two positives first: AP 1; attribute 1 ranks 3 (+), -1 (−), -2 (+):
+    # AP (1 + 2/3) / 2. The parts' own mAPs (75 and 100) would average 87.5 instead.
+    assert ev.forget == pytest.approx(100 * (1 + 5 / 6) / 2)
+    assert (ev.retain, ev.test) == (85.0, 65.0)
+    mias = [loss_mia(members, others, f, others) for f in ([0.2, 1.0], [1.1])]
+    assert ev.mia_auc == pytest.approx(np.mean([m.auc for m in mias]))
+    with pytest.raises(ValueError, match="no single-identity"):
+        pool_single_requests([], "multilabel")
 
 
 def test_a_single_seed_shows_just_the_mean(tmp_path: Path) -> None:

@@ -167,6 +167,25 @@ def test_benchmark_runs_the_multiclass_age_task(tmp_path: Path) -> None:
     assert all(r["rmia_auc"] is None for r in results["rows"])
 
 
+def test_single_identity_requests_share_one_reference_pair(tmp_path: Path) -> None:
+    out = tmp_path / "one"
+    argv = ["benchmark", *TINY, "--requests", "1", "--single-identities", "3", *TINY_RMIA]
+    main([*argv, "--methods", "jit,neggrad", "--out", str(out), "--quiet"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["single_identities"] == 3
+    assert [r["method"] for r in results["rows"]] == ["original", "retrain", "jit", "neggrad"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "original_1x3_0.pth",
+        "retrain_1x3_0.pth",
+    ]
+    assert len(load_checkpoint(out / "checkpoints" / "original_1x3_0.pth").splits["forget"]) == 3
+    rows = {r["method"]: r for r in results["rows"]}
+    assert all(r["rmia_auc"] is None for r in results["rows"])  # one target model per part
+    assert rows["jit"]["unlearn_seconds"] > 0 and rows["jit"]["requests"] == 1
+    assert rows["jit"]["forget"] != rows["original"]["forget"]
+    assert "N = 1 runs 3 one-identity requests per seed" in (out / "results.md").read_text()
+
+
 def test_benchmark_prepares_and_runs_every_method(tmp_path: Path) -> None:
     out = tmp_path / "all"
     argv = ["benchmark", *TINY, "--requests", "2", "--methods", "all", *TINY_RMIA, "--quiet"]

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from models.data.splits import Splits, make_splits, split_indices
+from models.data.splits import Splits, make_splits, one_identity, split_indices
 
 
 def test_identity_disjoint_and_about_60_20_20_by_images(small_faces) -> None:
@@ -55,6 +55,28 @@ def test_single_identity_requests_need_six_images(small_faces) -> None:
     for seed in range(10):
         splits = make_splits(small_faces.identities, small_faces.keys, 1, seed)
         assert counts[splits.forget[0]] >= 6
+
+
+def test_pooled_single_identity_requests_need_six_images_each(small_faces) -> None:
+    counts = Counter(small_faces.identities)
+    splits = make_splits(small_faces.identities, small_faces.keys, 3, seed=2, min_images=6)
+    assert len(splits.forget) == 3 and all(counts[i] >= 6 for i in splits.forget)
+
+
+def test_one_identity_narrows_forget_and_support_to_that_identity(small_faces) -> None:
+    idx = split_indices(small_faces, make_splits(small_faces.identities, small_faces.keys, 3, 4))
+    parts = [one_identity(small_faces, idx, i) for i in range(3)]
+    for part, support in zip(parts, idx.support, strict=True):
+        person = small_faces.identities[support]
+        assert part.support == [support]
+        assert part.forget and {small_faces.identities[r] for r in part.forget} == {person}
+        assert (part.train, part.retain, part.val, part.test) == (
+            idx.train,
+            idx.retain,
+            idx.val,
+            idx.test,
+        )
+    assert sorted(r for part in parts for r in part.forget) == sorted(idx.forget)
 
 
 def test_deterministic_by_seed_and_serializable(small_faces) -> None:

@@ -105,6 +105,7 @@ def benchmark_argv(body: BenchmarkCreate, settings: Settings) -> list[str]:
     argv += ["--requests", _ints("requests", body.requests, 1)]
     argv += ["--seeds", _ints("seeds", body.seeds, 0)]
     argv += ["--methods", _methods(body), *_sets(body)]
+    argv += ["--single-identities", str(body.single_identities)]
     if body.rmia:
         argv += ["--rmia-augs", str(body.rmia_augmentations)]
         argv += ["--rmia-population", str(body.rmia_population)]

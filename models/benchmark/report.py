@@ -178,6 +178,14 @@ def _header(cfg: dict[str, Any]) -> str:
         if mia.get("rmia")
         else "RMIA was not run."
     )
+    singles = cfg.get("single_identities", 1)
+    if 1 in cfg["requests"] and singles > 1:
+        rmia += (
+            f" N = 1 runs {singles} one-identity requests per seed, each from the original, "
+            f"against one retrained model that never saw any of the {singles} identities; FORGET "
+            "is scored on each erased model's outputs for its own identity together, retain, "
+            "test, the loss MIA and unlearn_seconds are the requests' means, and RMIA is not run."
+        )
     return (
         f"# 1-SHUI benchmark: {cfg['dataset']['name']}, task {cfg['task']}, "
         f"{cfg['arch']} at {cfg['image_size']} px\n\n"

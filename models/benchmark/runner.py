@@ -21,7 +21,7 @@ from models.benchmark.plot import plot_tow_vs_time
 from models.benchmark.report import write_markdown
 from models.data.base import FaceData
 from models.data.registry import load_dataset
-from models.data.splits import SplitIndices, make_splits, split_indices
+from models.data.splits import SplitIndices, make_splits, one_identity, split_indices
 from models.device import default_device
 from models.methods import UnlearningMethod, UnlearnRequest, get_method, resolve_config
 from models.methods.base import Artifacts
@@ -34,8 +34,10 @@ from models.protocol import (
     RmiaSets,
     evaluate_protocol,
     finite_or_none,
+    pool_single_requests,
     prepare_method,
     privileged_request,
+    protocol_results,
     rmia_sets,
     rmia_signals,
     support_request,
@@ -62,10 +64,16 @@ class BenchmarkConfig:
     # synthfaces run within an hour on two CPU cores; VAL and FORGET are always all candidates.
     rmia_augmentations: int = 2
     rmia_population: int = 500
+    # N = 1 runs this many one-identity requests per seed against one reference pair trained
+    # without all of them, FORGET scored on their outputs together: one identity's photos share
+    # most attributes, so a lone identity leaves macro mAP a handful of attributes to read.
+    single_identities: int = 5
 
     def __post_init__(self) -> None:
         if self.rmia_augmentations < 1 or self.rmia_population < 1:
             raise ValueError("RMIA needs at least one augmentation and one population row")
+        if self.single_identities < 1:
+            raise ValueError("N = 1 needs at least one single-identity request per seed")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain form for results.json."""
@@ -75,6 +83,7 @@ class BenchmarkConfig:
             "seeds": list(self.seeds),
             "methods": list(self.methods),
             "method_overrides": self.method_overrides,
+            "single_identities": self.single_identities,
             "mia": {
                 "loss": LOSS_MIA_NAME,
                 "rmia": RMIA_NAME if self.rmia else None,
@@ -92,10 +101,12 @@ class _Pass:
     cfg: BenchmarkConfig
     data: FaceData
     indices: SplitIndices
+    # the requests each method serves from the original, one by one: `indices` itself, or one
+    # request per forget identity where N = 1 pools single-identity requests
+    parts: list[SplitIndices]
     device: torch.device
     requests: int
     seed: int
-    request: UnlearnRequest
     rmia_sets: RmiaSets | None
     rmia_seed: int
     cache: TrunkCache | None = None
@@ -112,13 +123,16 @@ class _Pass:
             model, self.data, setup.task, self.indices, setup.image_size, self.device, self.cache
         )
 
-    def request_for(self, method: UnlearningMethod, model: nn.Module) -> UnlearnRequest:
-        """The support request, with RETAIN and FORGET loaders for privileged methods."""
-        if method.needs != "support+retain":
-            return self.request
+    def request_for(
+        self, method: UnlearningMethod, model: nn.Module, part: SplitIndices
+    ) -> UnlearnRequest:
+        """The support request of `part`, with RETAIN and FORGET loaders for privileged methods."""
         setup = self.setup
+        request = support_request(self.data, setup.task, part, model, setup.image_size)
+        if method.needs != "support+retain":
+            return request
         return privileged_request(
-            self.request, self.data, setup.task, self.indices, model, setup.image_size, self.seed
+            request, self.data, setup.task, part, model, setup.image_size, self.seed
         )
 
     def signals(self, model: nn.Module) -> Signals | None:
@@ -203,9 +217,10 @@ def _unlearn(
     method_cfg: Any,
     start_model: nn.Module,
     artifacts: Artifacts,
+    part: SplitIndices,
 ) -> tuple[nn.Module, float]:
-    """Run `method` on a copy of `start_model`; the unlearned model and the seconds it took."""
-    request = run.request_for(method, start_model)
+    """Run `method` on a copy of `start_model` for `part`'s request; the model and its seconds."""
+    request = run.request_for(method, start_model, part)
     model = copy.deepcopy(start_model).to(run.device)
     start = time.perf_counter()
     model = method.unlearn(model, request, artifacts, method_cfg)
@@ -224,7 +239,7 @@ def _reference_signals(
     artifacts, _ = prepare_method(
         method, method_cfg, retrain, run.data, setup.task, run.indices, setup.image_size
     )
-    reference, _ = _unlearn(run, method, method_cfg, retrain, artifacts)
+    reference, _ = _unlearn(run, method, method_cfg, retrain, artifacts, run.indices)
     return run.signals(reference)
 
 
@@ -244,15 +259,23 @@ def _method_row(
     artifacts, prepare_seconds = prepare_method(
         method, method_cfg, models["original"], run.data, setup.task, run.indices, setup.image_size
     )
-    model, seconds = _unlearn(run, method, method_cfg, models["original"], artifacts)
+    results, seconds, target = [], [], None
+    for part in run.parts:
+        model, took = _unlearn(run, method, method_cfg, models["original"], artifacts, part)
+        seconds.append(took)
+        results.append(
+            protocol_results(
+                model, run.data, setup.task, part, setup.image_size, run.device, run.cache
+            )
+        )
+        target = run.signals(model)  # None unless RMIA runs, which needs a single part
+        del model
     del artifacts
-    ev = run.evaluate(model)
-    target = run.signals(model)
-    del model
+    ev = pool_single_requests(results, run.data.task(setup.task).kind)
     ref_signals = _reference_signals(run, method, method_cfg, models["retrain"])
     labels = run.rmia_sets.labels if run.rmia_sets is not None else None
     row = {
-        **_row(name, run.seed, run.requests, ev, reference, seconds),
+        **_row(name, run.seed, run.requests, ev, reference, float(np.mean(seconds))),
         **_rmia_columns(target, ref_signals, labels),
         "prepare_seconds": prepare_seconds,
         "config_calibrated": is_calibrated(name, setup.dataset.name, setup.arch, run.requests),
@@ -279,12 +302,18 @@ def _run_pass(
     """Train both references, then evaluate them and every method; the rows and the run record."""
     setup = cfg.setup
     steps.begin(requests, seed, "references")
-    splits = make_splits(data.identities, data.keys, requests, seed)
+    pooled = requests == 1 and cfg.single_identities > 1
+    if pooled:
+        splits = make_splits(data.identities, data.keys, cfg.single_identities, seed, min_images=6)
+        name = f"1x{cfg.single_identities}_{seed}"
+    else:
+        splits = make_splits(data.identities, data.keys, requests, seed)
+        name = f"{requests}_{seed}"
     indices = split_indices(data, splits)
     seeded = replace(setup, train=replace(setup.train, seed=seed))
     trained = {}
     for role in ("original", "retrain"):
-        path = out / "checkpoints" / f"{role}_{requests}_{seed}.pth"
+        path = out / "checkpoints" / f"{role}_{name}.pth"
         trained[role] = train_reference(
             seeded, data, splits, indices, role, device, path, progress, cache
         )
@@ -294,11 +323,16 @@ def _run_pass(
         cfg=cfg,
         data=data,
         indices=indices,
+        parts=[one_identity(data, indices, i) for i in range(len(indices.support))]
+        if pooled
+        else [indices],
         device=device,
         requests=requests,
         seed=seed,
-        request=support_request(data, setup.task, indices, models["original"], setup.image_size),
-        rmia_sets=rmia_sets(indices, cfg.rmia_population, rmia_seed) if cfg.rmia else None,
+        # RMIA scores one target model: pooled single-identity requests have several
+        rmia_sets=rmia_sets(indices, cfg.rmia_population, rmia_seed)
+        if cfg.rmia and not pooled
+        else None,
         rmia_seed=rmia_seed,
         cache=cache,
     )

@@ -7,7 +7,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from models.data.base import FaceData
 
@@ -86,11 +86,12 @@ def make_splits(
     num_requests: int,
     seed: int,
     holdout_fraction: float = 0.4,
+    min_images: int | None = None,
 ) -> Splits:
     """Split identities ~60/20/20 by images and pick `num_requests` forget identities from train.
 
-    Forget identities need at least 2 images (6 when a request names a single identity), so that
-    removing the support image leaves a forget set to measure.
+    Forget identities need at least `min_images` images (default 2, or 6 when a request names a
+    single identity), so that removing the support image leaves a forget set to measure.
     """
     counts = Counter(identities)
     rng = random.Random(seed)
@@ -101,7 +102,8 @@ def make_splits(
     n_val = _take_by_images(pool, counts, 0.5)
     val, test = pool[:n_val], pool[n_val:]
 
-    min_images = 6 if num_requests == 1 else 2
+    if min_images is None:
+        min_images = 6 if num_requests == 1 else 2
     candidates = list(train)
     rng.shuffle(candidates)
     forget = [i for i in candidates if counts[i] >= min_images][:num_requests]
@@ -147,4 +149,19 @@ def split_indices(data: FaceData, splits: Splits) -> SplitIndices:
         support=support,
         val=rows(splits.val, drop_support=False),
         test=rows(splits.test, drop_support=False),
+    )
+
+
+def one_identity(data: FaceData, indices: SplitIndices, position: int) -> SplitIndices:
+    """`indices` as a request for the forget identity of support image `position` alone.
+
+    TRAIN, RETAIN, VAL and TEST stay as they are, so every such request shares one pair of
+    reference models; FORGET keeps that identity's images and SUPPORT its one image.
+    """
+    support = indices.support[position]
+    identity = data.identities[support]
+    return replace(
+        indices,
+        forget=[row for row in indices.forget if data.identities[row] == identity],
+        support=[support],
     )
