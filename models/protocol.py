@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from models.data.base import FaceData
 from models.data.registry import DatasetSpec
@@ -170,19 +170,11 @@ def support_request(
 
 
 def _shuffled_loader(
-    data: FaceData,
-    task: str,
-    rows: Sequence[int],
-    transform: Transform,
-    seed: int,
-    batch_size: int,
+    rows: Dataset[tuple[torch.Tensor, torch.Tensor]], seed: int, batch_size: int
 ) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
-    """Rows of `data` in batches, reshuffled each epoch from a generator seeded with `seed`."""
+    """`rows` in batches, reshuffled each epoch from a generator seeded with `seed`."""
     return DataLoader(
-        FaceSubset(data, rows, task, transform),
-        batch_size=batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
+        rows, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
 
 
@@ -195,14 +187,31 @@ def privileged_request(
     image_size: int,
     seed: int,
     batch_size: int = 32,
+    cache: TrunkCache | None = None,
 ) -> UnlearnRequest:
-    """`request` plus RETAIN and FORGET loaders (test-transformed), for `support+retain` methods."""
-    # test transform: the reference recipe gives these methods no train augmentation on CelebA.
-    transform = test_transform(data_config(model, image_size))
+    """`request` plus RETAIN and FORGET loaders (test-transformed), for `support+retain` methods.
+
+    With a `cache` that `model` holds frozen (`TrunkCache.frozen_in`), the support images and
+    both loaders carry the trunk's outputs instead, for the method to run on `Tail(model, depth)`.
+    """
+    if cache is not None and cache.frozen_in(model):
+        targets = torch.from_numpy(data.targets[task])
+
+        def rows(indices: Sequence[int]) -> Dataset[tuple[torch.Tensor, torch.Tensor]]:
+            return TensorDataset(cache.features(model, indices), targets[list(indices)])
+
+        request = replace(request, images=cache.features(model, indices.support))
+    else:
+        # test transform: the reference recipe gives these methods no train augmentation on CelebA
+        transform = test_transform(data_config(model, image_size))
+
+        def rows(indices: Sequence[int]) -> Dataset[tuple[torch.Tensor, torch.Tensor]]:
+            return FaceSubset(data, indices, task, transform)
+
     return replace(
         request,
-        retain=_shuffled_loader(data, task, indices.retain, transform, seed, batch_size),
-        forget=_shuffled_loader(data, task, indices.forget, transform, seed, batch_size),
+        retain=_shuffled_loader(rows(indices.retain), seed, batch_size),
+        forget=_shuffled_loader(rows(indices.forget), seed, batch_size),
     )
 
 

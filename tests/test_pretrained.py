@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import timm
@@ -153,3 +155,47 @@ def test_cached_loss_signals_score_the_same_augmented_views(small_faces) -> None
     assert not np.allclose(cached[0], cached[1])  # two different views
     again = loss_signal(model, *args, augmentations=2, seed=4, cache=cache)
     assert not np.allclose(again, cached)
+
+
+def test_a_privileged_method_on_the_tail_trains_what_it_would_on_whole_images(small_faces) -> None:
+    from models.methods import get_method, resolve_config
+    from models.nets.trunk import Tail
+    from models.protocol import build_model, privileged_request, support_request, trunk_cache
+
+    setup = preset_setup("pretrained", dataset_name="synthfaces", image_size=32)
+    cache = trunk_cache(setup, small_faces, torch.device("cpu"))
+    assert cache is not None
+    splits = make_splits(small_faces.identities, small_faces.keys, 2, 0)
+    indices = split_indices(small_faces, splits)
+    torch.manual_seed(0)
+    original = build_model(setup, small_faces).eval()
+    assert cache.frozen_in(original)
+    method = get_method("scrub")
+    cfg = resolve_config("scrub", "synthfaces", ARCH, 2, epochs=2, max_epochs=1, lr=5e-2)
+
+    def erased(on_tail: bool) -> torch.nn.Module:
+        model = copy.deepcopy(original)
+        request = support_request(small_faces, "attributes", indices, model, 32)
+        request = privileged_request(
+            request,
+            small_faces,
+            "attributes",
+            indices,
+            model,
+            32,
+            0,
+            cache=cache if on_tail else None,
+        )
+        method.unlearn(Tail(model, cache.depth) if on_tail else model, request, {}, cfg)
+        return model
+
+    tail, whole = erased(True), erased(False)
+    moved = 0
+    for (name, a), b, c in zip(
+        tail.named_parameters(), whole.parameters(), original.parameters(), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+        moved += int(not torch.equal(a, c))
+    assert moved > 0 and cache.fits(tail)
+    trainable = copy.deepcopy(original).requires_grad_(True)
+    assert not cache.frozen_in(trainable)  # a trunk that could move is never cached

@@ -27,7 +27,7 @@ from models.methods import UnlearningMethod, UnlearnRequest, get_method, resolve
 from models.methods.base import Artifacts
 from models.methods.registry import is_calibrated
 from models.metrics.mia import LOSS_MIA_NAME, RMIA_MAX_FPR, RMIA_NAME, rmia
-from models.nets.trunk import TrunkCache
+from models.nets.trunk import Tail, TrunkCache
 from models.protocol import (
     Evaluation,
     ModelSetup,
@@ -123,16 +123,27 @@ class _Pass:
             model, self.data, setup.task, self.indices, setup.image_size, self.device, self.cache
         )
 
+    def tail_depth(self, method: UnlearningMethod, model: nn.Module) -> int | None:
+        """The cached trunk's depth where `method` runs on `model`'s tail over the trunk's
+        outputs, else None: a privileged method trains on all of RETAIN, and a frozen trunk
+        gives the same outputs every epoch."""
+        cache = self.cache
+        if method.needs != "support+retain" or cache is None or not cache.frozen_in(model):
+            return None
+        return cache.depth
+
     def request_for(
         self, method: UnlearningMethod, model: nn.Module, part: SplitIndices
     ) -> UnlearnRequest:
-        """The support request of `part`, with RETAIN and FORGET loaders for privileged methods."""
+        """The support request of `part`, with RETAIN and FORGET loaders for privileged methods
+        (of trunk outputs where `tail_depth` is set)."""
         setup = self.setup
         request = support_request(self.data, setup.task, part, model, setup.image_size)
         if method.needs != "support+retain":
             return request
+        cache = self.cache if self.tail_depth(method, model) is not None else None
         return privileged_request(
-            request, self.data, setup.task, part, model, setup.image_size, self.seed
+            request, self.data, setup.task, part, model, setup.image_size, self.seed, cache=cache
         )
 
     def signals(self, model: nn.Module) -> Signals | None:
@@ -222,8 +233,13 @@ def _unlearn(
     """Run `method` on a copy of `start_model` for `part`'s request; the model and its seconds."""
     request = run.request_for(method, start_model, part)
     model = copy.deepcopy(start_model).to(run.device)
+    depth = run.tail_depth(method, model)
+    if depth is not None:
+        model = Tail(model, depth)
     start = time.perf_counter()
     model = method.unlearn(model, request, artifacts, method_cfg)
+    if isinstance(model, Tail):
+        model = model.network
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     return model, time.perf_counter() - start

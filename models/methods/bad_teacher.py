@@ -9,11 +9,13 @@ cosine-annealed per epoch; the student trains in train mode, the teachers stay i
 Deviation: the reference's incompetent teacher is a randomly initialised ViT-B/16 whatever the
 model; here it is the model's own architecture, re-initialised (every module with
 `reset_parameters`, seeded by `seed`; parameters held directly by other modules, such as a ViT's
-position embedding, keep the original values). The union is re-batched from the loaders' datasets
-(map-style, yielding (image, target) pairs) with the retain loader's batch size and collate
-function unless `batch_size` is set; `retain_fraction` < 1 draws a fixed random subset of retain
-(1.0, the full retain set, is 1-SHUI's setting). `distill` is SCRUB's switch: "softmax" reproduces
-the reference's softmax over all outputs, also on multi-label tasks.
+position embedding, keep the original values). Where the benchmark runs it on a network's tail
+over a frozen trunk's cached outputs (`models.nets.trunk.Tail`), the incompetent teacher is the
+re-initialised tail over the shared, pretrained trunk. The union is re-batched from the
+loaders' datasets (map-style, yielding (image, target) pairs) with the retain loader's batch size
+and collate function unless `batch_size` is set; `retain_fraction` < 1 draws a fixed random
+subset of retain (1.0, the full retain set, is 1-SHUI's setting). `distill` is SCRUB's switch:
+"softmax" reproduces the reference's softmax over all outputs, also on multi-label tasks.
 """
 
 from __future__ import annotations

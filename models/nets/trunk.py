@@ -87,6 +87,20 @@ def run_tail(model: nn.Module, depth: int, features: torch.Tensor) -> torch.Tens
     return model.forward_head(x)  # type: ignore[operator]
 
 
+class Tail(nn.Module):
+    """A network after its first `depth` stages, as a module over trunk outputs.
+
+    It holds the network itself, not a copy: training the tail trains the network."""
+
+    def __init__(self, network: nn.Module, depth: int) -> None:
+        super().__init__()
+        self.network, self.depth = network, depth
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """The network's logits on trunk outputs `features`."""
+        return run_tail(self.network, self.depth, features)
+
+
 class TrunkCache:
     """Trunk outputs per row of one data set under one transform, for one trunk signature."""
 
@@ -108,6 +122,11 @@ class TrunkCache:
     def fits(self, model: nn.Module) -> bool:
         """Whether `model`'s trunk is the one cached (a method never changed it)."""
         return trunk_signature(model, self.depth) == self.signature
+
+    def frozen_in(self, model: nn.Module) -> bool:
+        """Whether `model` holds this trunk frozen, so that training it never changes the trunk."""
+        depth = frozen_depth(model)
+        return depth is not None and depth >= self.depth and self.fits(model)
 
     @torch.no_grad()  # not inference_mode: training backpropagates from these outputs
     def features(self, model: nn.Module, rows: Sequence[int]) -> torch.Tensor:
