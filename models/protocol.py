@@ -21,13 +21,13 @@ from models.data.torch_dataset import FaceSubset
 from models.data.transforms import test_transform, train_transform
 from models.evaluate import SetResult, evaluate_sets, predict
 from models.methods.base import Artifacts, UnlearningMethod, UnlearnRequest
-from models.methods.prepare_data import build_prepare_data
+from models.methods.prepare_data import build_prepare_data, build_tail_prepare_data
 from models.metrics.mia import loss_mia
 from models.metrics.scores import per_sample_loss, task_score
 from models.metrics.tow import SetScores, tug_of_war
 from models.nets import create_model, data_config, freeze_modules
 from models.nets.pretrained import pretrained_weights
-from models.nets.trunk import TrunkCache, run_tail, trunk_depth
+from models.nets.trunk import Tail, TrunkCache, run_tail, trunk_depth
 from models.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.train.config import TrainConfig
 from models.train.trainer import train_model
@@ -320,16 +320,27 @@ def prepare_method(
     task: str,
     indices: SplitIndices,
     image_size: int,
+    cache: TrunkCache | None = None,
 ) -> tuple[Artifacts, float | None]:
-    """Run the method's onboarding step on TRAIN minus support; (artifacts, seconds or None)."""
+    """Run the method's onboarding step on TRAIN minus support; (artifacts, seconds or None).
+
+    With a `cache` that `model` holds frozen and a method that runs `on_tail`, it prepares on
+    `Tail(model, depth)` over the trunk's outputs; the artifacts then serve erasures on the tail.
+    """
     if type(method).prepare is UnlearningMethod.prepare:
         return {}, None
-    config = data_config(model, image_size)
     start = time.perf_counter()
-    prepared = build_prepare_data(
-        data, task, indices, test_transform(config), train_augment=train_transform(config)
-    )
-    artifacts = method.prepare(model, prepared, cfg)
+    if cache is not None and method.on_tail and cache.frozen_in(model):
+        prepared = build_tail_prepare_data(
+            data, task, indices, lambda rows: cache.features(model, rows)
+        )
+        artifacts = method.prepare(Tail(model, cache.depth), prepared, cfg)
+    else:
+        config = data_config(model, image_size)
+        prepared = build_prepare_data(
+            data, task, indices, test_transform(config), train_augment=train_transform(config)
+        )
+        artifacts = method.prepare(model, prepared, cfg)
     return artifacts, time.perf_counter() - start
 
 

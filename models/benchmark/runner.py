@@ -125,23 +125,25 @@ class _Pass:
 
     def tail_depth(self, method: UnlearningMethod, model: nn.Module) -> int | None:
         """The cached trunk's depth where `method` runs on `model`'s tail over the trunk's
-        outputs, else None: a privileged method trains on all of RETAIN, and a frozen trunk
-        gives the same outputs every epoch."""
+        outputs (it runs `on_tail` and `model` holds the cached trunk frozen), else None: a
+        frozen trunk gives the same outputs at every epoch, step and simulated request."""
         cache = self.cache
-        if method.needs != "support+retain" or cache is None or not cache.frozen_in(model):
+        if not method.on_tail or cache is None or not cache.frozen_in(model):
             return None
         return cache.depth
 
     def request_for(
         self, method: UnlearningMethod, model: nn.Module, part: SplitIndices
     ) -> UnlearnRequest:
-        """The support request of `part`, with RETAIN and FORGET loaders for privileged methods
-        (of trunk outputs where `tail_depth` is set)."""
+        """The support request of `part`, with RETAIN and FORGET loaders for privileged methods,
+        of trunk outputs where `tail_depth` is set."""
         setup = self.setup
         request = support_request(self.data, setup.task, part, model, setup.image_size)
-        if method.needs != "support+retain":
-            return request
         cache = self.cache if self.tail_depth(method, model) is not None else None
+        if method.needs != "support+retain":
+            if cache is None:
+                return request
+            return replace(request, images=cache.features(model, part.support))
         return privileged_request(
             request, self.data, setup.task, part, model, setup.image_size, self.seed, cache=cache
         )
@@ -253,7 +255,7 @@ def _reference_signals(
         return None
     setup = run.setup
     artifacts, _ = prepare_method(
-        method, method_cfg, retrain, run.data, setup.task, run.indices, setup.image_size
+        method, method_cfg, retrain, run.data, setup.task, run.indices, setup.image_size, run.cache
     )
     reference, _ = _unlearn(run, method, method_cfg, retrain, artifacts, run.indices)
     return run.signals(reference)
@@ -273,7 +275,14 @@ def _method_row(
         **run.cfg.method_overrides.get(name, {}),
     )
     artifacts, prepare_seconds = prepare_method(
-        method, method_cfg, models["original"], run.data, setup.task, run.indices, setup.image_size
+        method,
+        method_cfg,
+        models["original"],
+        run.data,
+        setup.task,
+        run.indices,
+        setup.image_size,
+        run.cache,
     )
     results, seconds, target = [], [], None
     for part in run.parts:

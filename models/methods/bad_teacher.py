@@ -170,6 +170,7 @@ class BadTeacher(UnlearningMethod):
     """Bad Teacher: distil forget from a random network, retain from the original; privileged."""
 
     Config = BadTeacherConfig
+    on_tail = True  # its incompetent teacher is then a re-initialised tail
 
     def unlearn(
         self, model: nn.Module, request: UnlearnRequest, artifacts: Artifacts, cfg: BadTeacherConfig

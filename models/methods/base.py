@@ -68,6 +68,10 @@ class UnlearningMethod(ABC):
     name: ClassVar[str]
     needs: ClassVar[Needs]  # set from models/catalog.py by register_method
     Config: ClassVar[type]
+    # True where the method reads images only through the model's forward and moves only
+    # parameters that require a gradient: on `Tail(model, depth)` over a frozen trunk's outputs
+    # it then computes what it would on the model over images (the benchmark's shortcut).
+    on_tail: ClassVar[bool] = False
 
     def prepare(self, model: nn.Module, data: PrepareData, cfg: Any) -> Artifacts:
         """Compute what `unlearn` will need once the training data is gone (nothing by default)."""

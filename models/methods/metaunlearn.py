@@ -67,6 +67,7 @@ class MetaUnlearn(UnlearningMethod):
     """MetaUnlearn: meta-train h_φ at onboarding, then one gradient step of it per request."""
 
     Config = MetaUnlearnConfig
+    on_tail = True
 
     def prepare(self, model: nn.Module, data: PrepareData, cfg: MetaUnlearnConfig) -> Artifacts:
         """Meta-train h_φ over simulated requests of TRAIN identities; return φ and the index."""

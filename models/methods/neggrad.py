@@ -32,6 +32,7 @@ class NegGrad(UnlearningMethod):
     """Gradient ascent on the support images' task loss: needs only the support images."""
 
     Config = NegGradConfig
+    on_tail = True
 
     def unlearn(
         self, model: nn.Module, request: UnlearnRequest, artifacts: Artifacts, cfg: NegGradConfig

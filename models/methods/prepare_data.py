@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from models.data.base import FaceData
 from models.data.splits import SplitIndices
@@ -72,4 +72,28 @@ def build_prepare_data(
         val_images=ImageRows(data, indices.val, transform),
         val_targets=targets[indices.val],
         train_augmented=None if augmented is None else DataLoader(augmented, batch_size=batch_size),
+    )
+
+
+def build_tail_prepare_data(
+    data: FaceData,
+    task: str,
+    indices: SplitIndices,
+    features: Callable[[Sequence[int]], torch.Tensor],
+    batch_size: int = 64,
+) -> PrepareData:
+    """`build_prepare_data`'s TRAIN, per-identity TRAIN and VAL as a frozen trunk's outputs
+    (`features` of data set rows), for a method prepared on `Tail(model, depth)`; no augmented
+    TRAIN, whose views the trunk's cached outputs do not hold."""
+    targets = torch.from_numpy(data.targets[task])
+    train = features(indices.train)
+    position = {row: k for k, row in enumerate(indices.train)}
+    groups = group_by_identity(data, indices.train)
+    return PrepareData(
+        train=DataLoader(TensorDataset(train, targets[indices.train]), batch_size=batch_size),
+        task=data.task(task),
+        train_identities={key: train[[position[r] for r in rows]] for key, rows in groups.items()},
+        train_targets={key: targets[rows] for key, rows in groups.items()},
+        val_images=features(indices.val),
+        val_targets=targets[indices.val],
     )

@@ -106,6 +106,7 @@ class SCRUB(UnlearningMethod):
     """SCRUB: alternating max/min distillation steps; needs the full forget and retain data."""
 
     Config = SCRUBConfig
+    on_tail = True
 
     def unlearn(
         self, model: nn.Module, request: UnlearnRequest, artifacts: Artifacts, cfg: SCRUBConfig

@@ -119,6 +119,7 @@ class SSD(UnlearningMethod):
     """Selective Synaptic Dampening: needs the support images and prepared importances."""
 
     Config = SSDConfig
+    on_tail = True
 
     def prepare(self, model: nn.Module, data: PrepareData, cfg: SSDConfig) -> Artifacts:
         """I_D over the training data, regrouped into `cfg.batch_size` batches."""

@@ -32,7 +32,7 @@ def trunk_depth(model: nn.Module, frozen: Sequence[str]) -> int | None:
         return None
     depth = len(frozen) - 2
     expected = {"conv_stem", "bn1", *(f"blocks.{i}" for i in range(depth))}
-    if set(frozen) != expected or not 0 <= depth < len(blocks):
+    if set(frozen) != expected or not 0 <= depth <= len(blocks):
         return None
     return depth
 
@@ -78,17 +78,22 @@ def run_trunk(model: nn.Module, depth: int, images: torch.Tensor) -> torch.Tenso
     return x
 
 
-def run_tail(model: nn.Module, depth: int, features: torch.Tensor) -> torch.Tensor:
-    """The logits of the rest of the network on trunk outputs `features`."""
+def tail_features(model: nn.Module, depth: int, features: torch.Tensor) -> torch.Tensor:
+    """The network's last feature map (before pooling) on trunk outputs `features`."""
     x = features
     for block in list(model.blocks)[depth:]:  # type: ignore[arg-type]
         x = block(x)
-    x = model.bn2(model.conv_head(x))  # type: ignore[operator]
-    return model.forward_head(x)  # type: ignore[operator]
+    return model.bn2(model.conv_head(x))  # type: ignore[operator]
+
+
+def run_tail(model: nn.Module, depth: int, features: torch.Tensor) -> torch.Tensor:
+    """The logits of the rest of the network on trunk outputs `features`."""
+    return model.forward_head(tail_features(model, depth, features))  # type: ignore[operator]
 
 
 class Tail(nn.Module):
-    """A network after its first `depth` stages, as a module over trunk outputs.
+    """A network after its first `depth` stages, as a module over trunk outputs, with the timm
+    interface methods read (`forward_features`, `forward_head`, `get_classifier`, widths).
 
     It holds the network itself, not a copy: training the tail trains the network."""
 
@@ -99,6 +104,28 @@ class Tail(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """The network's logits on trunk outputs `features`."""
         return run_tail(self.network, self.depth, features)
+
+    def forward_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The network's last feature map on trunk outputs `features`."""
+        return tail_features(self.network, self.depth, features)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The network's head on a last feature map."""
+        return self.network.forward_head(x, pre_logits=pre_logits)  # type: ignore[operator]
+
+    def get_classifier(self) -> nn.Module:
+        """The network's classifier."""
+        return self.network.get_classifier()  # type: ignore[operator]
+
+    @property
+    def num_features(self) -> int:
+        """The network's pre-logit width."""
+        return int(self.network.num_features)  # type: ignore[arg-type]
+
+    @property
+    def head_hidden_size(self) -> int | None:
+        """The network's pooled head width, where timm sets one."""
+        return getattr(self.network, "head_hidden_size", None)
 
 
 class TrunkCache:
