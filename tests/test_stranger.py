@@ -154,3 +154,36 @@ def test_running_a_frozen_trunk_once_gives_the_model_a_whole_forward_would(
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
         moved += int(not torch.equal(a, c))
     assert moved > 0
+
+
+def test_held_stages_stay_where_they_were_and_join_the_trunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    task, method = MULTILABEL, get_method("stranger")
+    data = _prepare_data(task)
+    data.val_images = torch.nn.functional.interpolate(data.val_images, size=64)
+    request = UnlearnRequest(torch.nn.functional.interpolate(_images(2, 4), size=64), ["x"], task)
+    cfg = StrangerConfig(steps=5, lr=1e-3, anchors=8, anchor_batch=4, views=1)
+    artifacts = method.prepare(_frozen_lite0(task), data, cfg)
+    depths: list[int | None] = []
+
+    def recorded(model: nn.Module) -> int | None:
+        depths.append(frozen_depth(model))
+        return depths[-1]
+
+    monkeypatch.setattr("models.methods.stranger.frozen_depth", recorded)
+    held = replace(cfg, hold=("blocks.5", "blocks.6"))
+    erased = method.unlearn(_frozen_lite0(task), copy.copy(request), artifacts, held)
+    assert depths == [7]  # the held stages ran once with the trunk
+    moved = {
+        n
+        for (n, a), b in zip(
+            erased.named_parameters(), _frozen_lite0(task).parameters(), strict=True
+        )
+        if not torch.equal(a, b)
+    }
+    assert moved and all(n.startswith(("conv_head", "bn2", "classifier")) for n in moved)
+    # trainable again afterwards, as the model came
+    assert all(p.requires_grad for n, p in erased.named_parameters() if n.startswith("blocks.6"))
+    with pytest.raises(ValueError, match="names no parameter"):
+        method.unlearn(_frozen_lite0(task), request, artifacts, replace(cfg, hold=("block.5",)))

@@ -8,8 +8,10 @@ which has seen no face, on VAL photos (people outside TRAIN), and keeps a few VA
 anchors (models/methods/stranger_probe.py). At erasure, the support portraits and fixed random
 crops and flips of them are fitted, for `steps` Adam steps, to the probe's outputs on them (soft
 labels, or its class for a multi-class task), while KL(original ‖ model) on the anchors keeps the
-model's outputs on unseen people where they were. Only parameters with `requires_grad` move; a
-frozen trunk runs once per erasure, not once per step.
+model's outputs on unseen people where they were. Only parameters with `requires_grad` move,
+less those `hold` names (on the pretrained preset the last stage and the head move: a smaller
+edit that harms retained people less for the same forgetting); a frozen trunk runs once per
+erasure, not once per step.
 
 What it keeps with a model version: the probe (its standardization and weights, and the SHA-256
 of the extractor weights) and `anchors` VAL images after the test transform (float16). VAL holds
@@ -19,6 +21,8 @@ operator needs the same right to keep them as to hold VAL.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +48,9 @@ class StrangerConfig:
     anchor_batch: int = 64  # anchors per step
     views: int = 4  # random crops and flips of each portrait, drawn once per erasure
     crop_scale: float = 0.7  # smallest area share of a random crop
+    # parameter-name prefixes the erasure leaves where they are, besides what the model froze
+    # (e.g. "blocks.5": a stage); leading stages held so join the trunk that runs once
+    hold: tuple[str, ...] = ()
     temperature: float = 1.0
     distill: Distill = "sigmoid"
     probe_l2: float = 1e-3  # the stranger probe's weight decay
@@ -85,8 +92,8 @@ class Stranger(UnlearningMethod):
         targets = torch.sigmoid(probe_logits) if kind == "multilabel" else probe_logits.argmax(1)
         anchors = artifacts["anchors"].to(device=device, dtype=dtype)
         model.eval()
-        depth = frozen_depth(model)
-        with seeded(cfg.seed, device):
+        with seeded(cfg.seed, device), holding(model, tuple(cfg.hold)):
+            depth = frozen_depth(model)
             augment = v2.Compose(
                 [
                     v2.RandomResizedCrop(list(images.shape[-2:]), scale=(cfg.crop_scale, 1.0)),
@@ -112,6 +119,26 @@ class Stranger(UnlearningMethod):
                     optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return model
+
+
+@contextmanager
+def holding(model: nn.Module, prefixes: tuple[str, ...]) -> Iterator[None]:
+    """`model`'s trainable parameters under `prefixes` frozen for the duration, then trainable
+    again; a ValueError for a prefix that names no parameter."""
+    named = dict(model.named_parameters())
+    held = []
+    for prefix in prefixes:
+        chosen = [p for n, p in named.items() if n == prefix or n.startswith(prefix + ".")]
+        if not chosen:
+            raise ValueError(f"stranger: hold names no parameter of the model: {prefix!r}")
+        held += [p for p in chosen if p.requires_grad]
+    for p in held:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in held:
+            p.requires_grad_(True)
 
 
 def _trunk(model: nn.Module, depth: int | None, images: torch.Tensor) -> torch.Tensor:
