@@ -132,15 +132,20 @@ def test_frozen_depth_reads_the_trunk_from_the_parameters() -> None:
     assert frozen_depth(_model(MULTILABEL)) is None
 
 
-def test_running_a_frozen_trunk_once_gives_the_model_a_whole_forward_would(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    task, method = MULTILABEL, get_method("stranger")
+def _lite0_erasure(task: TaskSpec) -> tuple[UnlearnRequest, StrangerConfig, dict]:
+    """A 64 px request, a short config and artifacts prepared on the frozen Lite0."""
     data = _prepare_data(task)
     data.val_images = torch.nn.functional.interpolate(data.val_images, size=64)
     request = UnlearnRequest(torch.nn.functional.interpolate(_images(2, 4), size=64), ["x"], task)
     cfg = StrangerConfig(steps=5, lr=1e-3, anchors=8, anchor_batch=4, views=1)
-    artifacts = method.prepare(_frozen_lite0(task), data, cfg)
+    return request, cfg, get_method("stranger").prepare(_frozen_lite0(task), data, cfg)
+
+
+def test_running_a_frozen_trunk_once_gives_the_model_a_whole_forward_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    task, method = MULTILABEL, get_method("stranger")
+    request, cfg, artifacts = _lite0_erasure(task)
     shortcut = method.unlearn(_frozen_lite0(task), copy.copy(request), artifacts, cfg)
     monkeypatch.setattr("models.methods.stranger.frozen_depth", lambda model: None)
     whole = method.unlearn(_frozen_lite0(task), copy.copy(request), artifacts, cfg)
@@ -160,11 +165,7 @@ def test_held_stages_stay_where_they_were_and_join_the_trunk(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     task, method = MULTILABEL, get_method("stranger")
-    data = _prepare_data(task)
-    data.val_images = torch.nn.functional.interpolate(data.val_images, size=64)
-    request = UnlearnRequest(torch.nn.functional.interpolate(_images(2, 4), size=64), ["x"], task)
-    cfg = StrangerConfig(steps=5, lr=1e-3, anchors=8, anchor_batch=4, views=1)
-    artifacts = method.prepare(_frozen_lite0(task), data, cfg)
+    request, cfg, artifacts = _lite0_erasure(task)
     depths: list[int | None] = []
 
     def recorded(model: nn.Module) -> int | None:
