@@ -188,3 +188,17 @@ def test_held_stages_stay_where_they_were_and_join_the_trunk(
     assert all(p.requires_grad for n, p in erased.named_parameters() if n.startswith("blocks.6"))
     with pytest.raises(ValueError, match="names no parameter"):
         method.unlearn(_frozen_lite0(task), request, artifacts, replace(cfg, hold=("block.5",)))
+
+
+def test_every_batch_size_the_service_forms_runs_a_pinned_pretrained_config() -> None:
+    from app.settings import Settings
+    from models.methods import resolve_config
+    from models.methods.registry import is_calibrated
+
+    sizes = range(1, Settings.model_fields["batch_max_size"].default + 1)
+    pins = {n: resolve_config("stranger", "synthfaces", "tf_efficientnet_lite0", n) for n in sizes}
+    assert all(is_calibrated("stranger", "synthfaces", "tf_efficientnet_lite0", n) for n in sizes)
+    # the bands of configs/stranger.toml: one portrait, 2-7 (the whole tail moves), 8-16
+    assert (tuple(pins[1].hold), pins[1].lr) == (("blocks.5",), 7e-4)
+    assert {(tuple(pins[n].hold), pins[n].lr) for n in range(2, 8)} == {((), 5e-4)}
+    assert {(tuple(pins[n].hold), pins[n].lr) for n in range(8, 17)} == {(("blocks.5",), 2e-3)}

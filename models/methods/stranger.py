@@ -9,9 +9,10 @@ anchors (models/methods/stranger_probe.py). At erasure, the support portraits an
 crops and flips of them are fitted, for `steps` Adam steps, to the probe's outputs on them (soft
 labels, or its class for a multi-class task), while KL(original ‖ model) on the anchors keeps the
 model's outputs on unseen people where they were. Only parameters with `requires_grad` move,
-less those `hold` names (on the pretrained preset the last stage and the head move: a smaller
-edit that harms retained people less for the same forgetting); a frozen trunk runs once per
-erasure, not once per step.
+less those `hold` names (on the pretrained preset, for one portrait and for 8 or more, the last
+stage and the head move while the stage before holds; 2–7 portraits move the whole tail, which
+closed the gap more evenly across calibration draws: configs/stranger.toml); a frozen trunk runs
+once per erasure, not once per step.
 
 What it keeps with a model version: the probe (its standardization and weights, and the SHA-256
 of the extractor weights) and `anchors` VAL images after the test transform (float16). VAL holds
