@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import struct
 import subprocess
 import sys
@@ -451,8 +453,22 @@ def test_list_filters_and_paginates(api: Api) -> None:
     assert len(api.get("/deletion-requests", model="synthfaces").json()["items"]) == 5
     assert api.get("/deletion-requests", model="unready").json()["items"] == []
 
-    bad_cursor = api.get("/deletion-requests", cursor="not-a-cursor")
-    assert bad_cursor.status_code == 422 and error_code(bad_cursor) == "invalid_cursor"
+    def forged(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    # tampered cursors: each once answered 500 (a date past year 9999 or before year 1 in UTC,
+    # JSON nested past the parser's recursion limit) or must not reach the query
+    for cursor in (
+        "not-a-cursor",
+        forged(["9999-12-31T23:59:59-14:00", ids[0]]),
+        forged(["0001-01-01T00:00:00+14:00", ids[0]]),
+        forged(["2026-01-01T00:00:00", ids[0]]),  # no UTC offset
+        forged(["2026-01-01T00:00:00+00:00", "a\x00b"]),
+        forged([1, 2]),
+        base64.urlsafe_b64encode(b"[" * 5_000).decode(),
+    ):
+        bad_cursor = api.get("/deletion-requests", cursor=cursor)
+        assert bad_cursor.status_code == 422 and error_code(bad_cursor) == "invalid_cursor"
     for params in ({"limit": 101}, {"limit": 0}, {"status": "sleeping"}):
         response = api.get("/deletion-requests", **params)
         assert response.status_code == 422 and error_code(response) == "invalid_request"

@@ -29,15 +29,24 @@ def encode_cursor(row: Keyed) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# encode_cursor's output is about 110 characters; a longer one was not made here, and the cap
+# keeps a tampered one from nesting JSON deep enough to exhaust the parser's recursion
+MAX_CURSOR_CHARS = 512
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """The (created_at, id) position of a cursor (422 `invalid_cursor` if malformed)."""
     try:
+        if len(cursor) > MAX_CURSOR_CHARS:
+            raise ValueError("cursor too long")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, row_id = json.loads(raw)
         at = datetime.fromisoformat(created)
         if at.tzinfo is None or not isinstance(row_id, str) or not storable(row_id):
             raise ValueError("bad cursor")
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        # a UTC offset can push a date past year 1 or 9999, which the query cannot bind
+        at = at.astimezone(UTC)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
         raise ApiError.of("invalid_cursor") from None
     return at, row_id
 
