@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from app.schemas import ErrorBody
@@ -79,6 +81,9 @@ _CODES = (
     ErrorCode(409, "benchmark_not_finished", "The benchmark run has not completed; no report yet."),
     ErrorCode(404, "not_found", "No such endpoint."),
     ErrorCode(400, "http_error", "The HTTP request was malformed or not allowed."),
+    ErrorCode(
+        503, "service_unavailable", "The database cannot be reached; retry after `Retry-After` s."
+    ),
     ErrorCode(500, "internal_error", "An unexpected server error; it has been logged."),
 )
 ERROR_CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _CODES}
@@ -134,7 +139,16 @@ def responses(*codes: str) -> dict[int | str, dict[str, Any]]:
     }
 
 
-AUTH_ERRORS = ("missing_api_key", "invalid_api_key", "insufficient_scope", "invalid_request")
+# every authenticated endpoint reads its key from the database first, so each can answer 503
+AUTH_ERRORS = (
+    "missing_api_key",
+    "invalid_api_key",
+    "insufficient_scope",
+    "invalid_request",
+    "service_unavailable",
+)
+# seconds a client waits before retrying while the database is unreachable
+RETRY_AFTER_SECONDS = 5
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -163,6 +177,16 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+    # the exception's text names the host, port and statement: log its type only
+    log.warning("database unreachable: %s", type(exc.__cause__ or exc).__name__)
+    response = error_response(
+        503, "service_unavailable", ERROR_CODES["service_unavailable"].description
+    )
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", ERROR_CODES["internal_error"].description)
@@ -173,4 +197,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    for outage in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(outage, _database_down)
     app.add_exception_handler(Exception, _unexpected)

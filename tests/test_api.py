@@ -295,6 +295,15 @@ def test_bad_input_is_refused_and_leaves_nothing(
     assert_nothing_stored(api)
 
 
+def test_a_bad_portrait_answers_alike_for_training_and_unknown_identities(api: Api) -> None:
+    # the portrait is checked first: a 1-byte "portrait" must not tell who was in the training data
+    known = api.submit(portrait=b"x")
+    unknown = api.submit(portrait=b"x", identity="nobody")
+    assert known.status_code == unknown.status_code == 415
+    assert error_code(known) == error_code(unknown) == "portrait_not_an_image"
+    assert_nothing_stored(api)
+
+
 def test_oversize_body_without_length_is_cut_off(api: Api) -> None:
     boundary = "lethe-test-boundary"
     head = (
@@ -685,8 +694,41 @@ def test_health_and_readiness(api: Api, monkeypatch: pytest.MonkeyPatch) -> None
     assert not_ready.status_code == 503
     body = not_ready.json()
     assert body["status"] == "not_ready" and not body["checks"]["broker"]["ok"]
-    assert "connection refused" in body["checks"]["broker"]["detail"]
+    # the public endpoint says what is down, not the driver's text (hosts, ports, users)
+    assert body["checks"]["broker"]["detail"] == "unreachable"
     assert body["checks"]["database"]["ok"] and body["checks"]["workers"]["ok"]
+
+
+def test_a_database_outage_answers_503_and_shows_no_internals(
+    api_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a real outage: nothing listens on the discard port
+    down = api_settings.model_copy(
+        update={"database_url": "postgresql+psycopg://lethe-user@127.0.0.1:9/lethe"}
+    )
+    client = TestClient(create_app(down))  # no lifespan: migrating would fail first
+    for path in ("/deletion-requests", "/models", "/models/faces/versions"):
+        response = client.get(path, headers={"X-API-Key": "lethe_key"})
+        assert response.status_code == 503 and error_code(response) == "service_unavailable"
+        assert int(response.headers["Retry-After"]) > 0
+        assert "127.0.0.1" not in response.text and "lethe-user" not in response.text
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["database"] == {"ok": False, "detail": "unreachable"}
+    assert "127.0.0.1" not in ready.text and "lethe-user" not in ready.text
+    assert "lethe-user" not in caplog.text
+
+
+def test_database_errors_carry_no_bound_parameters(api_settings: Settings) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import StatementError
+
+    from app.db import get_engine
+
+    secret = "portrait-token-that-must-not-be-logged"
+    with get_engine(api_settings).connect() as connection, pytest.raises(StatementError) as caught:
+        connection.execute(text("SELECT * FROM no_such_table WHERE id = :id"), {"id": secret})
+    assert "no_such_table" in str(caught.value) and secret not in str(caught.value)
 
 
 def test_unknown_route_has_the_error_shape(api: Api) -> None:

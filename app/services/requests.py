@@ -212,8 +212,10 @@ def create_request(
     model, version = ready_serving(session, submission.model)
     _check_method(submission.method, version)
     _check_efficacy(session, settings, submission.method, version)
-    _check_identity_known(session, model, identity)
+    # the portrait before the identity: otherwise a bad image would answer 415 for a training
+    # identity and 422 `identity_unknown` for anyone else, a free membership test
     portrait = validate_portrait(submission.portrait, settings)
+    _check_identity_known(session, model, identity)
 
     # Submissions for one model take turns from the duplicate check to the commit, so two
     # requests for one person cannot both miss each other (a no-op on SQLite, which has one
