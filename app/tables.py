@@ -99,7 +99,13 @@ TERMINAL = frozenset(
 # `needs_review → completed` is an admin moving `serving` to the version that erased it.
 TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
     RequestStatus.received: frozenset(
-        {RequestStatus.queued, RequestStatus.rejected, RequestStatus.completed}
+        # failed: the sweeper found it stranded without its portrait
+        {
+            RequestStatus.queued,
+            RequestStatus.rejected,
+            RequestStatus.completed,
+            RequestStatus.failed,
+        }
     ),
     RequestStatus.queued: frozenset(
         {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import struct
@@ -301,6 +302,25 @@ def test_a_bad_portrait_answers_alike_for_training_and_unknown_identities(api: A
     unknown = api.submit(portrait=b"x", identity="nobody")
     assert known.status_code == unknown.status_code == 415
     assert error_code(known) == error_code(unknown) == "portrait_not_an_image"
+    assert_nothing_stored(api)
+
+
+def test_an_api_that_dies_while_queuing_leaves_no_received_request(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `received` and `queued` commit together: a crash in between keeps neither row nor portrait
+    real = request_service.transition
+
+    def dies_when_queuing(
+        session: Any, request: Any, to: RequestStatus, actor: str, reason: str | None = None
+    ) -> None:
+        if to is RequestStatus.queued:
+            raise RuntimeError("the API process stopped here")
+        real(session, request, to, actor, reason)
+
+    monkeypatch.setattr(request_service, "transition", dies_when_queuing)
+    with contextlib.suppress(RuntimeError):
+        assert api.submit(portrait=PNG).status_code == 500
     assert_nothing_stored(api)
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, aliased
 from app import queue
 from app.db import session_factory
 from app.services.duplicates import settle_or_release
+from app.services.lifecycle import transition
 from app.settings import Settings
 from app.storage import PortraitVault, portrait_vault
 from app.tables import (
@@ -47,6 +48,7 @@ class SweepReport:
     """What one sweep did."""
 
     resent: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)  # stranded `received` requests queued
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     preparations: list[int] = field(default_factory=list)
@@ -126,7 +128,7 @@ def _resend_queued(
         )
     ).all()
     for request in stale:
-        if held is not None and request.task_id in held.ids:
+        if request.id in report.recovered or (held is not None and request.task_id in held.ids):
             continue
         new_id = _swap_task_id(
             session, DeletionRequest, request, RequestStatus.queued.value, updated_at=utcnow()
@@ -134,6 +136,62 @@ def _resend_queued(
         if new_id is not None:
             queue.send(queue.ERASE, request.id, task_id=new_id)
             report.resent.append(request.id)
+
+
+def _recover_received(
+    session: Session, settings: Settings, vault: PortraitVault, report: SweepReport
+) -> None:
+    """`received` for longer than the sweep delay: its API died before queuing it. Queue it now.
+
+    The API records `received` and `queued` in one commit, so such a row comes from an older
+    release or a crash inside that commit's aftermath; one without a portrait cannot run and fails.
+    """
+    cutoff = utcnow() - timedelta(seconds=settings.sweep_after_seconds)
+    stranded = session.scalars(
+        select(DeletionRequest.id).where(
+            DeletionRequest.status == RequestStatus.received.value,
+            DeletionRequest.updated_at < cutoff,
+        )
+    ).all()
+    for request_id in stranded:
+        request = session.scalar(
+            select(DeletionRequest)
+            .where(
+                DeletionRequest.id == request_id,
+                DeletionRequest.status == RequestStatus.received.value,
+            )
+            .with_for_update()
+        )
+        if request is None:
+            session.rollback()
+            continue
+        if request.portrait_uri is None or not vault.exists(request.portrait_uri):
+            transition(
+                session,
+                request,
+                RequestStatus.failed,
+                ACTOR,
+                "stranded before it was queued, and its portrait is gone",
+            )
+            uri, request.portrait_uri = request.portrait_uri, None
+            session.commit()
+            if uri:
+                vault.destroy(uri)
+            report.failed.append(request.id)
+            continue
+        transition(
+            session,
+            request,
+            RequestStatus.queued,
+            ACTOR,
+            "recovered: stranded before it was queued",
+        )
+        new_id = str(uuid.uuid4()) if request.linked_request_id is None else None
+        request.task_id = new_id
+        session.commit()
+        if new_id is not None:
+            queue.send(queue.ERASE, request.id, task_id=new_id)
+        report.recovered.append(request.id)
 
 
 def _requeue_dead(
@@ -287,6 +345,7 @@ def sweep(settings: Settings, *, inspect: bool = True) -> SweepReport:
     held = held_tasks() if inspect else None
     vault = portrait_vault(settings)
     with session_factory(settings)() as session:
+        _recover_received(session, settings, vault, report)
         _resend_queued(session, settings, held, report)
         _requeue_dead(session, settings, vault, report)
         _resend_preparing(session, settings, held, not inspect, report)

@@ -165,7 +165,7 @@ def _check_submission(submission: Submission, settings: Settings) -> None:
         )
 
 
-Step = tuple[RequestStatus, str]
+Step = tuple[RequestStatus, str | None]
 
 
 def _insert(
@@ -236,6 +236,9 @@ def create_request(
         linked_request_id=plan.follows.id if plan.follows is not None else None,
         result_version_id=None if plan.store_portrait else version.id,
     )
+    # `received` and `queued` land in one commit: an API that dies between two commits would
+    # leave a `received` row that nothing runs and later requests for the person follow
+    steps = plan.steps or [(RequestStatus.queued, None)]
     try:
         _insert(
             session,
@@ -244,17 +247,15 @@ def create_request(
             portrait.data,
             _actor(client),
             store=plan.store_portrait,
-            then=plan.steps,
+            then=steps,
         )
     except IntegrityError:
         # A concurrent submission with the same key won the insert: answer as its replay.
         if key is not None and (earlier := _replay(session, client, key, fingerprint)):
             return earlier
         raise
-    if plan.steps:
-        return Created(request, replayed=False)
-    transition(session, request, RequestStatus.queued, _actor(client))
-    queue.send_after_commit(session, queue.ERASE, request.id, holder=request)
+    if request.status == RequestStatus.queued.value and request.linked_request_id is None:
+        queue.send_after_commit(session, queue.ERASE, request.id, holder=request)
     return Created(request, replayed=False)
 
 

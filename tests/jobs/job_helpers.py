@@ -56,8 +56,13 @@ def portrait_png(identity: str) -> bytes:
     return buffer.getvalue()
 
 
-def seed_request(settings: Settings, identity: str, method: str = "jit") -> str:
-    """A queued deletion request with an encrypted portrait, as the API would record it."""
+def seed_request(
+    settings: Settings, identity: str, method: str = "jit", *, queued: bool = True
+) -> str:
+    """A queued deletion request with an encrypted portrait, as the API would record it.
+
+    `queued=False` leaves it `received`, as an API that died before queuing it would.
+    """
     with session_for(settings) as session:
         model = session.scalars(select(RegisteredModel).where(RegisteredModel.name == MODEL)).one()
         client = ApiClient(
@@ -81,7 +86,8 @@ def seed_request(settings: Settings, identity: str, method: str = "jit") -> str:
         )
         session.add(request)
         transition(session, request, RequestStatus.received, "api")
-        transition(session, request, RequestStatus.queued, "api")
+        if queued:
+            transition(session, request, RequestStatus.queued, "api")
         session.commit()
         return request.id
 

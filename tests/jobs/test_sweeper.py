@@ -80,6 +80,32 @@ def test_sweep_resends_lost_tasks_and_requeues_dead_jobs(
     assert erase_request(now_settings, lost, task_id="the-lost-one").detail == "already finished"
 
 
+def test_sweep_recovers_requests_stranded_as_received(
+    settings: Settings, checkpoint: Path, train_ids: list[str], sent: list[Any]
+) -> None:
+    now_settings = settings.model_copy(update={"sweep_after_seconds": 0.0})
+    onboard(now_settings, checkpoint)
+    stranded = seed_request(now_settings, train_ids[0], queued=False)
+    lost = seed_request(now_settings, train_ids[1], queued=False)
+    vault = portrait_vault(now_settings)
+    vault.destroy(portrait_uri_of(now_settings, lost))
+    sent.clear()
+    time.sleep(0.05)
+
+    report = sweep(now_settings, inspect=False)
+    assert report.recovered == [stranded] and report.failed == [lost]
+    assert [(name, args) for name, args, _ in sent] == [("lethe.erase", (stranded,))]
+    recovered = load_request(now_settings, stranded)
+    assert recovered.status == "queued" and recovered.task_id == sent[0][2]
+    failed = load_request(now_settings, lost)
+    assert statuses(failed) == ["received", "failed"] and failed.portrait_uri is None
+
+    outcome = erase_request(now_settings, stranded, task_id=sent[0][2])
+    assert outcome.status == "completed", outcome
+    assert not vault.exists(recovered.portrait_uri or "")
+    assert sweep(now_settings, inspect=False).recovered == []  # once
+
+
 def test_sweep_resends_stuck_preparations_at_worker_start(
     settings: Settings, checkpoint: Path, sent: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
