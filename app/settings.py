@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
 
-from pydantic import Field, computed_field
+from pydantic import Field, computed_field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+# Secrets that ship in this repository's files: anyone can read them, so production refuses them
+DEV_IDENTITY_SECRET = "dev-identity-secret-change-me"
+PUBLISHED_SECRETS = frozenset({DEV_IDENTITY_SECRET, "change-me-to-a-long-random-secret"})
+# Identity IDs are often a small space (employee or customer numbers): a keyed hash protects them
+# only if the key cannot be guessed, hence at least 32 characters (e.g. `openssl rand -hex 32`)
+MIN_PRODUCTION_SECRET_CHARS = 32
+
+
+def _is_fernet_key(key: str) -> bool:
+    """Whether `key` is 32 url-safe-base64 bytes, the form Fernet needs."""
+    try:
+        return len(base64.urlsafe_b64decode(key.encode())) == 32
+    except (binascii.Error, ValueError):
+        return False
 
 
 class Settings(BaseSettings):
@@ -25,7 +45,10 @@ class Settings(BaseSettings):
     staging_dir: Path | None = None  # default: data_dir/incoming (uploads before checks)
     broker_polling_interval: float = 0.1  # SQL broker only: seconds between polls
 
-    identity_secret: str = Field(default="dev-identity-secret-change-me", min_length=16)
+    # production refuses to start with a published or short identity secret or without its own
+    # storage key; embedded (the single-machine demo) accepts the defaults and warns
+    deployment: Literal["embedded", "production"] = "embedded"
+    identity_secret: str = Field(default=DEV_IDENTITY_SECRET, min_length=16)
     storage_key: str | None = None  # Fernet key for portraits at rest; default derived from secret
 
     max_portrait_bytes: int = 5 * 1024 * 1024
@@ -65,6 +88,26 @@ class Settings(BaseSettings):
     checkpoint_dirs: list[Path] = Field(default_factory=list)
     data_roots: list[Path] = Field(default_factory=list)
     max_checkpoint_bytes: int = 2 * 1024 * 1024 * 1024
+
+    @model_validator(mode="after")
+    def _secrets_fit_the_deployment(self) -> Self:
+        """Production gets secrets nobody else has; embedded gets a warning when it has not."""
+        problems = []
+        if self.identity_secret in PUBLISHED_SECRETS:
+            problems.append("LETHE_IDENTITY_SECRET is a default published in this repository")
+        elif len(self.identity_secret) < MIN_PRODUCTION_SECRET_CHARS:
+            problems.append(
+                f"LETHE_IDENTITY_SECRET is shorter than {MIN_PRODUCTION_SECRET_CHARS} characters"
+            )
+        if self.storage_key and not _is_fernet_key(self.storage_key):
+            raise ValueError("LETHE_STORAGE_KEY is not a Fernet key (32 url-safe base64 bytes)")
+        if not self.storage_key:
+            problems.append("LETHE_STORAGE_KEY is unset (the portrait key would be derived)")
+        if problems and self.deployment == "production":
+            raise ValueError("production refuses to start: " + "; ".join(problems))
+        if self.identity_secret in PUBLISHED_SECRETS:
+            log.warning("embedded deployment with the published development identity secret")
+        return self
 
     @computed_field  # type: ignore[prop-decorator]
     @property

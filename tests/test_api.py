@@ -11,6 +11,7 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -639,6 +640,61 @@ def test_lethe_keys_create_prints_a_working_key(
 def test_keys_create_refuses_unknown_scopes(api_settings: Settings) -> None:
     with pytest.raises(ValueError, match="unknown scope"):
         keys_create("x", ["requests:delete"], api_settings)
+
+
+def _lethe(api: Api, monkeypatch: pytest.MonkeyPatch, *argv: str) -> None:
+    """Run the `lethe` command against the test's database."""
+    from worker.cli import main
+
+    monkeypatch.setenv("LETHE_DATA_DIR", str(api.settings.data_dir))
+    monkeypatch.setenv("LETHE_IDENTITY_SECRET", api.settings.identity_secret)
+    if api.settings.database_url:
+        monkeypatch.setenv("LETHE_DATABASE_URL", api.settings.database_url)
+    get_settings.cache_clear()
+    try:
+        main(list(argv))
+    finally:
+        get_settings.cache_clear()
+
+
+def test_lethe_keys_list_and_revoke(
+    api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = keys_create("to-revoke", ["requests:read"], api.settings)
+    capsys.readouterr()
+    _lethe(api, monkeypatch, "keys", "list")
+    listed = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+    assert {"writer", "reader", "other", "admin", "to-revoke"} <= set(listed)
+    entry = listed["to-revoke"]
+    assert entry["state"] == "active" and entry["scopes"] == ["requests:read"]
+    assert key.startswith(entry["prefix"]) and key not in json.dumps(listed)
+    with session_scope(api.settings) as session:
+        hashes = set(session.scalars(select(ApiClient.key_hash)))
+    assert not any(h in json.dumps(listed) for h in hashes)  # never the stored hash either
+
+    assert api.client.get("/deletion-requests", headers={"X-API-Key": key}).status_code == 200
+    _lethe(api, monkeypatch, "keys", "revoke", entry["prefix"])
+    assert capsys.readouterr().out.strip() == f"revoked {entry['id']}"
+    refused = api.client.get("/deletion-requests", headers={"X-API-Key": key})
+    assert refused.status_code == 401 and error_code(refused) == "invalid_api_key"
+    _lethe(api, monkeypatch, "keys", "list")
+    states = {c["name"]: c["state"] for c in json.loads(capsys.readouterr().out)}
+    assert states["to-revoke"] == "revoked" and states["writer"] == "active"
+    with pytest.raises(SystemExit, match="no API client"):
+        _lethe(api, monkeypatch, "keys", "revoke", "lethe_nobody")
+
+
+def test_an_expired_key_is_refused(api: Api) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        keys_create("never-valid", ["requests:read"], api.settings, expires_in_days=0)
+    key = keys_create("short-lived", ["requests:read"], api.settings, expires_in_days=1)
+    assert api.client.get("/deletion-requests", headers={"X-API-Key": key}).status_code == 200
+    with session_scope(api.settings) as session:
+        client = session.scalars(select(ApiClient).where(ApiClient.name == "short-lived")).one()
+        assert client.expires_at is not None and client.expires_at > utcnow()
+        client.expires_at = utcnow() - timedelta(seconds=1)
+    expired = api.client.get("/deletion-requests", headers={"X-API-Key": key})
+    assert expired.status_code == 401 and error_code(expired) == "invalid_api_key"
 
 
 # --- Models --------------------------------------------------------------------------------------

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -51,11 +53,27 @@ def test_named_modules_and_commands_exist() -> None:
 @pytest.mark.skipif(
     shutil.which("docker-compose") is None, reason="Debian's docker-compose not installed"
 )
-def test_docker_compose_config_accepts_the_file() -> None:
-    result = subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-        capture_output=True,
-        text=True,
-        check=False,
+def test_docker_compose_config_accepts_the_file_only_with_secrets() -> None:
+    def config(**secrets: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")} | secrets
+        return subprocess.run(
+            ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+        )
+
+    missing = config()  # no fallback secret any more: it would be public
+    assert missing.returncode != 0 and "LETHE_IDENTITY_SECRET" in missing.stderr
+    given = config(
+        LETHE_IDENTITY_SECRET="0123456789abcdef" * 4,
+        LETHE_STORAGE_KEY=Fernet.generate_key().decode(),
     )
-    assert result.returncode == 0, result.stderr
+    assert given.returncode == 0, given.stderr
+
+
+def test_compose_runs_the_production_deployment() -> None:
+    env = COMPOSE["x-lethe-env"]
+    assert env["LETHE_DEPLOYMENT"] == "production"
+    assert ":?" in env["LETHE_IDENTITY_SECRET"] and ":?" in env["LETHE_STORAGE_KEY"]

@@ -36,7 +36,7 @@ from app.tables import (
 
 REPO = Path(__file__).resolve().parent.parent
 APP_TABLES = set(Base.metadata.tables)
-HEAD = "0003"
+HEAD = "0004"
 
 
 def alembic_config(url: str) -> Config:

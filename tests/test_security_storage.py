@@ -21,6 +21,7 @@ from app.security import (
     identity_hash,
     key_prefix,
 )
+from app.settings import Settings
 from app.storage import PORTRAITS, ArtifactStore, PortraitVault, portrait_vault, storage_key
 
 PORTRAIT = b"\x89PNG\r\n\x1a\n" + b"a very recognisable face " * 40
@@ -277,3 +278,35 @@ def test_a_bad_blob_key_is_rejected(tmp_path: Path, key: str) -> None:
     for operation in (store.read, store.exists, store.delete):
         with pytest.raises(ValueError, match="blob key"):
             operation(key)
+
+
+def test_production_refuses_published_or_short_secrets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pydantic import ValidationError
+
+    from app.settings import DEV_IDENTITY_SECRET
+
+    key = Fernet.generate_key().decode()
+    strong = "0123456789abcdef" * 4
+
+    def production(**overrides: object) -> Settings:
+        return make_settings(tmp_path, deployment="production", **overrides)
+
+    for secret, problem in (
+        (DEV_IDENTITY_SECRET, "published"),
+        ("change-me-to-a-long-random-secret", "published"),  # the old docker-compose fallback
+        ("twenty-chars-secret!", "shorter than 32"),
+    ):
+        with pytest.raises(ValidationError, match=problem):
+            production(identity_secret=secret, storage_key=key)
+    with pytest.raises(ValidationError, match="LETHE_STORAGE_KEY is unset"):
+        production(identity_secret=strong)
+    with pytest.raises(ValidationError, match="not a Fernet key"):
+        make_settings(tmp_path, storage_key="not-a-key")
+    assert production(identity_secret=strong, storage_key=key).deployment == "production"
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="app.settings"):
+        embedded = make_settings(tmp_path, identity_secret=DEV_IDENTITY_SECRET)
+    assert embedded.deployment == "embedded" and "published" in caplog.text

@@ -16,7 +16,26 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
     from app.settings import get_settings
 
     scopes = [s for s in args.scopes.split(",") if s]
-    print(keys_create(args.name, scopes, get_settings()))
+    print(keys_create(args.name, scopes, get_settings(), expires_in_days=args.expires_in_days))
+
+
+def cmd_keys_list(args: argparse.Namespace) -> None:
+    """Print every API client as JSON: prefix, scopes, dates and state (never a key or hash)."""
+    from app.cli import keys_list
+    from app.settings import get_settings
+
+    print(json.dumps(keys_list(get_settings()), indent=2))
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> None:
+    """Revoke an API client by id or key prefix; its key stops working at once."""
+    from app.cli import keys_revoke
+    from app.settings import get_settings
+
+    try:
+        print(f"revoked {keys_revoke(args.client, get_settings())}")
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -54,7 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--scopes", required=True, help="comma-separated, e.g. requests:create,requests:read"
     )
+    create.add_argument(
+        "--expires-in-days", type=float, help="the key stops working after this (default: never)"
+    )
     create.set_defaults(func=cmd_keys_create)
+    listing = key_commands.add_parser("list", help=cmd_keys_list.__doc__)
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = key_commands.add_parser("revoke", help=cmd_keys_revoke.__doc__)
+    revoke.add_argument("client", help="the client's id or its key prefix (as `keys list` shows)")
+    revoke.set_defaults(func=cmd_keys_revoke)
 
     serve = commands.add_parser("serve", help=cmd_serve.__doc__)
     serve.add_argument(

@@ -14,7 +14,7 @@ from app.db import session_factory
 from app.errors import ApiError
 from app.security import hash_api_key
 from app.settings import Settings
-from app.tables import ApiClient
+from app.tables import ApiClient, utcnow
 
 api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="An API key from `lethe keys create`."
@@ -51,7 +51,7 @@ def require_scope(*scopes: str) -> Callable[..., ApiClient]:
         if not key:
             raise ApiError.of("missing_api_key")
         client = session.scalar(select(ApiClient).where(ApiClient.key_hash == hash_api_key(key)))
-        if client is None or client.revoked_at is not None:
+        if client is None or not client.usable(utcnow()):
             raise ApiError.of("invalid_api_key")
         if not set(scopes) & set(client.scopes):
             raise ApiError.of(
