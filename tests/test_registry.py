@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tracemalloc
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +116,29 @@ def test_checkpoint_metadata_is_read_without_torch_objects(checkpoint_file: Path
     meta = checkpoint_meta.read_checkpoint_meta(checkpoint_file)
     assert meta.arch == "test_resnet" and meta.head_rows == 17 and len(meta.labels) == 17
     assert meta.config["dataset"]["name"] == "synthfaces" and meta.splits["seed"] == 0
+
+
+def _memo_bomb(path: Path, lookups: int) -> Path:
+    """A torch-style zip whose data.pkl appends one list to itself `lookups` times (memo gets)."""
+    body = b"\x80\x02]q\x00(" + b"h\x00" * lookups + b"e."  # PROTO 2, [], PUT, MARK, GETs, APPENDS
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", body)
+    return path
+
+
+@pytest.mark.parametrize("lookups", [1_100_000, 20 * 1024 * 1024])
+def test_a_memo_bomb_is_refused_before_it_is_built(tmp_path: Path, lookups: int) -> None:
+    bomb = _memo_bomb(tmp_path / "bomb.pt", lookups)
+    assert bomb.stat().st_size < 100_000  # a small upload
+    tracemalloc.start()
+    try:
+        with pytest.raises(checkpoint_meta.CheckpointUnreadable, match=r"data\.pkl"):
+            checkpoint_meta.read_checkpoint_meta(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # built, the list would hold `lookups` references (8 bytes each): 8.8 MB and 168 MB
+    assert peak < 8 * 1024 * 1024
 
 
 # --- Onboarding -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import pickletools
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,11 @@ from typing import Any
 
 from models.catalog import ARCHITECTURES
 
-MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl holds metadata and tensor records, not weights
+# data.pkl holds metadata and tensor records, not weights: a synthfaces checkpoint's is 40 KB and
+# the splits of 10,000 identities add about 0.2 MB. Both caps stop a small zip whose pickle
+# repeats memo lookups from costing gigabytes before any check (242 MiB of them held 3.4 GB).
+MAX_PICKLE_BYTES = 16 * 1024 * 1024
+MAX_PICKLE_OPCODES = 1_000_000
 
 
 class CheckpointUnreadable(ValueError):
@@ -92,6 +97,21 @@ def _data_pickle(archive: zipfile.ZipFile) -> bytes:
     return archive.read(info)
 
 
+def _count_opcodes(raw: bytes) -> None:
+    """Walk the pickle's opcodes without building anything; refuse one with too many."""
+    try:
+        for count, _ in enumerate(pickletools.genops(raw), start=1):
+            if count > MAX_PICKLE_OPCODES:
+                raise CheckpointUnreadable(
+                    f"the checkpoint's data.pkl has over {MAX_PICKLE_OPCODES:,} opcodes: "
+                    "not the metadata of a model"
+                )
+    except CheckpointUnreadable:
+        raise
+    except ValueError as exc:  # a truncated or malformed opcode stream
+        raise CheckpointUnreadable(f"the checkpoint's data.pkl cannot be read: {exc}") from None
+
+
 def _head_rows(state_dict: dict[str, Any], arch: str) -> int | None:
     info = ARCHITECTURES.get(arch)
     head = info.head if info is not None else None
@@ -106,6 +126,7 @@ def read_checkpoint_meta(path: Path) -> CheckpointMeta:
             raw = _data_pickle(archive)
     except (zipfile.BadZipFile, OSError) as exc:
         raise CheckpointUnreadable(f"not a torch checkpoint (zip archive): {exc}") from None
+    _count_opcodes(raw)
     try:
         payload = _MetadataUnpickler(io.BytesIO(raw)).load()
     except Exception as exc:
