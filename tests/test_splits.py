@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
 
-from models.data.splits import Splits, make_splits, one_identity, split_indices
+from models.data.splits import (
+    Splits,
+    make_splits,
+    one_identity,
+    split_indices,
+    without_identities,
+)
 
 
 def test_identity_disjoint_and_about_60_20_20_by_images(small_faces) -> None:
@@ -92,3 +99,15 @@ def test_deterministic_by_seed_and_serializable(small_faces) -> None:
 def test_too_many_requests_is_an_error(small_faces) -> None:
     with pytest.raises(ValueError, match="cannot pick"):
         make_splits(small_faces.identities, small_faces.keys, 10_000, seed=0)
+
+
+def test_without_identities_drops_each_list_and_its_support(small_faces) -> None:
+    splits = make_splits(small_faces.identities, small_faces.keys, 2, seed=0).to_dict()
+    gone = {splits["forget"][0], splits["retain"][0]}
+    kept = without_identities(splits, lambda i: i in gone)
+    for name in ("train", "retain", "forget"):
+        assert not gone & set(kept[name]) and set(kept[name]) == set(splits[name]) - gone
+    assert kept["support"] == splits["support"][1:] and kept["forget"] == splits["forget"][1:]
+    assert kept["val"] == splits["val"] and kept["seed"] == splits["seed"]
+    assert not any(i in json.dumps(kept) for i in gone)  # no trace, support keys included
+    assert Splits.from_dict(kept).retain == tuple(kept["retain"])

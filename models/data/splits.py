@@ -6,8 +6,9 @@ import hashlib
 import json
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from models.data.base import FaceData
 
@@ -125,6 +126,26 @@ def make_splits(
         forget=tuple(forget),
         support=tuple(support),
     )
+
+
+def without_identities(splits: dict[str, Any], drop: Callable[[str], bool]) -> dict[str, Any]:
+    """Stored `splits` (Splits.to_dict) minus every identity `drop` picks, and its support image.
+
+    An erased person's plain ID must not travel into the checkpoints that forgot them; their
+    images then fall in no split, which is what a refresh of such a checkpoint needs anyway.
+    """
+    kept = dict(splits)
+    for name in ("train", "val", "test", "retain"):
+        if name in kept:
+            kept[name] = [i for i in kept[name] if not drop(str(i))]
+    pairs = [
+        (identity, image)
+        # an uploaded checkpoint may pair them badly; an erasure must not fail on that
+        for identity, image in zip(kept.get("forget", []), kept.get("support", []), strict=False)
+        if not drop(str(identity))
+    ]
+    kept["forget"], kept["support"] = [p[0] for p in pairs], [p[1] for p in pairs]
+    return kept
 
 
 def split_indices(data: FaceData, splits: Splits) -> SplitIndices:

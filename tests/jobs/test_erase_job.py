@@ -112,6 +112,14 @@ def test_two_erasures_make_a_linear_chain(
     assert load_request(settings, second).parent_version_id == versions[1].id
     assert serving_number(settings) == 3
 
+    # each child's checkpoint keeps no plain ID of a person it forgot (the root is the upload)
+    store = artifact_store(settings)
+    blobs = [store.read("models", v.sha256) for v in versions]
+    first_id, second_id = (i.encode() for i in train_ids[:2])
+    assert [first_id in blob for blob in blobs] == [True, False, False]
+    assert [second_id in blob for blob in blobs] == [True, True, False]
+    assert train_ids[2].encode() in blobs[2]  # the others stay
+
 
 def test_guardrail_keeps_the_version_without_promoting_it(
     settings: Settings, checkpoint: Path, train_ids: list[str], sent: list[Any]

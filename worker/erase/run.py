@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from app.security import identity_hash
 from app.settings import Settings
 from app.storage import PortraitVault, artifact_store
+from models.data.splits import without_identities
 from models.device import default_device
 from models.methods import UnlearnRequest, get_method, resolve_config
 from models.methods.registry import is_calibrated
@@ -124,11 +126,14 @@ def run_erasure(settings: Settings, job: Job, images: list[torch.Tensor]) -> Res
         "identity_hashes": identities,
         "request_ids": job.request_ids,
     }
+    erased = set(identities)
     checkpoint = Checkpoint(
         arch=parent.checkpoint.arch,
         task=parent.checkpoint.task,
         config={**config, "unlearning": [*config.get("unlearning", []), lineage]},
-        splits=parent.checkpoint.splits,
+        splits=without_identities(
+            parent.checkpoint.splits, lambda i: identity_hash(i, settings) in erased
+        ),
         state_dict=model.state_dict(),
     )
     with tempfile.TemporaryDirectory(prefix="lethe-erase-") as folder:
