@@ -53,6 +53,9 @@ class Settings(BaseSettings):
 
     max_portrait_bytes: int = 5 * 1024 * 1024
     max_portrait_pixels: int = 4096 * 4096
+    # Portraits are kept (encrypted, until the request ends) at most this many pixels on a side:
+    # the models read 64–224 px, and a full-resolution PNG grew a 1 MB JPEG 25-fold in the vault
+    max_stored_portrait_side: int = Field(default=512, ge=64, le=4096)
     max_identity_length: int = 128
 
     default_model: str = "synthfaces"

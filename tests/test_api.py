@@ -240,6 +240,21 @@ def test_create_records_then_enqueues(api: Api) -> None:
     assert body["portrait_sha256"] == row.portrait_sha256
 
 
+def test_a_large_portrait_is_kept_downscaled(api: Api) -> None:
+    settings = api.settings.model_copy(update={"max_stored_portrait_side": 64})
+    api.client.app.state.settings = settings  # type: ignore[attr-defined]
+    sent = image_bytes("JPEG", size=(160, 120))
+    response = api.submit(portrait=sent)
+    assert response.status_code == 202, response.text
+    (row,) = request_rows(api.settings)
+    assert row.portrait_uri is not None
+    kept = Image.open(io.BytesIO(portrait_vault(api.settings).read(row.portrait_uri)))
+    assert kept.size == (64, 48)  # the aspect ratio stays
+    (stored,) = stored_portraits(api.settings)
+    # before, the 160×120 JPEG became a 57 KB PNG: the vault never outgrows what was sent now
+    assert stored.stat().st_size < len(sent)
+
+
 def test_enqueue_failure_leaves_request_queued(api: Api) -> None:
     api.queue.down = True
     response = api.submit(portrait=PNG)

@@ -20,7 +20,8 @@ CHUNK = 64 * 1024
 
 @dataclass(frozen=True)
 class Portrait:
-    """A validated portrait: RGB PNG bytes without metadata, and the format it was sent in."""
+    """A validated portrait: RGB PNG bytes without metadata, at most `max_stored_portrait_side`
+    on a side, and the format and size it was sent in."""
 
     data: bytes
     format: str
@@ -85,6 +86,9 @@ def validate_portrait(raw: bytes, settings: Settings) -> Portrait:
         # Decoders fail in many ways on damaged data (OSError, ValueError, struct.error, ...);
         # once the header parsed, every one of them means the image data is unusable.
         raise ApiError.of("portrait_truncated") from None
+    side = settings.max_stored_portrait_side
+    if max(normalized.size) > side:
+        normalized.thumbnail((side, side), Image.Resampling.LANCZOS)  # keeps the aspect ratio
     out = io.BytesIO()
     # Re-encoding drops EXIF/GPS and other metadata; the worker always gets plain RGB PNG.
     normalized.save(out, format="PNG", compress_level=1)
