@@ -54,6 +54,12 @@ _CODES = (
         "method_ineffective",
         "The method's calibrated efficacy on the serving version is below LETHE_EFFICACY_FLOOR.",
     ),
+    ErrorCode(
+        429,
+        "rate_limited",
+        "The client sent more deletion requests than its per-minute or per-day limit; retry "
+        "after `Retry-After` s.",
+    ),
     ErrorCode(422, "invalid_cursor", "The pagination cursor is malformed."),
     ErrorCode(404, "request_not_found", "No deletion request with this id is visible to you."),
     ErrorCode(409, "not_cancelable", "Only a queued request can be canceled."),
@@ -95,11 +101,16 @@ class ApiError(HTTPException):
     # Subclassing HTTPException lets it pass through FastAPI's body parsing untouched.
 
     def __init__(
-        self, status: int, code: str, message: str, details: dict[str, Any] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         if code not in ERROR_CODES or ERROR_CODES[code].status != status:
             raise ValueError(f"undocumented error {status} {code!r}; add it to app.errors")
-        super().__init__(status_code=status, detail=message)
+        super().__init__(status_code=status, detail=message, headers=headers)
         self.status = status
         self.code = code
         self.message = message
@@ -107,11 +118,15 @@ class ApiError(HTTPException):
 
     @classmethod
     def of(
-        cls, code: str, message: str | None = None, details: dict[str, Any] | None = None
+        cls,
+        code: str,
+        message: str | None = None,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> ApiError:
         """The error for a code of the table, with its default message unless one is given."""
         entry = ERROR_CODES[code]
-        return cls(entry.status, code, message or entry.description, details)
+        return cls(entry.status, code, message or entry.description, details, headers)
 
 
 def error_response(
@@ -161,7 +176,9 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, exc.details)
+    response = error_response(exc.status, exc.code, exc.message, exc.details)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

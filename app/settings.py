@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     # the models read 64–224 px, and a full-resolution PNG grew a 1 MB JPEG 25-fold in the vault
     max_stored_portrait_side: int = Field(default=512, ge=64, le=4096)
     max_identity_length: int = 128
+    # Deletion requests one client may submit per minute and per day (0: no limit); beyond
+    # either the API answers 429 `rate_limited` with `Retry-After`
+    client_requests_per_minute: int = Field(default=600, ge=0)
+    client_requests_per_day: int = Field(default=20_000, ge=0)
 
     default_model: str = "synthfaces"
     # Stranger: the support-only method that met the erasure bar on the pretrained preset

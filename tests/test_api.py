@@ -340,6 +340,25 @@ def test_an_api_that_dies_while_queuing_leaves_no_received_request(
     assert_nothing_stored(api)
 
 
+@pytest.mark.parametrize(
+    ("per_minute", "per_day", "window"), [(2, 0, 60), (0, 2, 86_400)], ids=["minute", "day"]
+)
+def test_a_client_over_its_limit_gets_429_and_nothing_is_kept(
+    api: Api, per_minute: int, per_day: int, window: int
+) -> None:
+    api.client.app.state.settings = api.settings.model_copy(  # type: ignore[attr-defined]
+        update={"client_requests_per_minute": per_minute, "client_requests_per_day": per_day}
+    )
+    for person in ("person-1", "person-2"):
+        assert api.submit(identity=person, portrait=PNG).status_code == 202
+    refused = api.submit(identity="person-3", portrait=PNG)
+    assert refused.status_code == 429 and error_code(refused) == "rate_limited"
+    assert 0 < int(refused.headers["Retry-After"]) <= window
+    assert len(request_rows(api.settings)) == 2 and len(stored_portraits(api.settings)) == 2
+    # the limit is per client
+    assert api.submit(identity="person-3", portrait=PNG, key="other").status_code == 202
+
+
 def test_oversize_body_without_length_is_cut_off(api: Api) -> None:
     boundary = "lethe-test-boundary"
     head = (

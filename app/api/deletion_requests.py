@@ -152,6 +152,8 @@ def _detail(session: Session, request: DeletionRequest) -> DeletionRequestOut:
         "method_unknown",
         "method_not_allowed",
         "method_not_prepared",
+        "method_ineffective",
+        "rate_limited",
     ),
 )
 def create_deletion_request(

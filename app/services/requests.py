@@ -20,6 +20,7 @@ from app.services.lifecycle import transition
 from app.services.lookup import find_model, serving_version, storable
 from app.services.pagination import decode_cursor, page
 from app.services.portraits import validate_portrait
+from app.services.quotas import check_request_limits
 from app.services.registry import gap_closed, method_efficacy
 from app.settings import Settings
 from app.storage import portrait_vault
@@ -209,6 +210,7 @@ def create_request(
     fingerprint = _fingerprint(submission, identity)
     if key is not None and (earlier := _replay(session, client, key, fingerprint)):
         return earlier
+    check_request_limits(session, settings, client)
     model, version = ready_serving(session, submission.model)
     _check_method(submission.method, version)
     _check_efficacy(session, settings, submission.method, version)
