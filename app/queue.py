@@ -6,10 +6,13 @@ names. Nothing here imports torch or worker code, so the API stays light.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+import kombu.transport.redis
 import kombu.transport.sqlalchemy
 from celery import Celery
 from sqlalchemy.orm import Session
@@ -94,6 +97,62 @@ def send_after_commit(
         log.exception("could not send %s%s; the sweeper will re-send it", task, list(args))
         return None
     return task_id
+
+
+def _task_id(message: bytes | str | dict[str, Any]) -> str | None:
+    """The task id in the headers of a Celery (protocol 2) message."""
+    body = json.loads(message) if isinstance(message, bytes | str) else message
+    task_id = body.get("headers", {}).get("id") if isinstance(body, dict) else None
+    return str(task_id) if task_id is not None else None
+
+
+def _redis_waiting(channel: Any, queues: list[str], fresh_after: float) -> set[str]:
+    """Ids queued in Redis, and those a worker fetched after `fresh_after` (Unix time)."""
+    client = channel.client
+    messages = [
+        raw
+        for name in queues
+        for step in channel.priority_steps
+        for raw in client.lrange(channel._q_for_pri(name, step), 0, -1)
+    ]
+    # a fetched message stays in `unacked` until acknowledged: while young it is in a live
+    # worker's hands; an old one on a queued row belongs to a worker that died
+    fetched = client.zrangebyscore(channel.unacked_index_key, fresh_after, "+inf")
+    if fetched:
+        for raw in client.hmget(channel.unacked_key, fetched):
+            if raw:
+                messages.append(json.loads(raw)[0])
+    return {i for i in map(_task_id, messages) if i is not None}
+
+
+def _sql_waiting(channel: Any, queues: list[str]) -> set[str]:
+    """Ids of the SQL broker's messages not yet fetched (fetched ones are never deleted)."""
+    message, queue_row = channel.message_cls, channel.queue_cls
+    rows = (
+        channel.session.query(message.payload)
+        .join(queue_row, queue_row.id == message.queue_id)
+        .filter(message.visible.is_(True), queue_row.name.in_(queues))
+    )
+    return {i for (payload,) in rows if (i := _task_id(payload)) is not None}
+
+
+def waiting_task_ids(fetched_within: float) -> frozenset[str] | None:
+    """Ids of the tasks waiting in the broker, or fetched less than `fetched_within` s ago.
+
+    What the sweeper must not re-send: those messages still reach a worker. None where the
+    broker cannot be read this way (or not at all): the caller falls back to its delays.
+    """
+    queues = [celery_app.conf.task_default_queue]
+    try:
+        with celery_app.connection_for_read() as connection:
+            channel = connection.default_channel
+            if isinstance(channel, kombu.transport.redis.Channel):
+                return frozenset(_redis_waiting(channel, queues, time.time() - fetched_within))
+            if isinstance(channel, kombu.transport.sqlalchemy.Channel):
+                return frozenset(_sql_waiting(channel, queues))
+    except Exception:
+        log.warning("the broker's waiting tasks could not be read", exc_info=True)
+    return None
 
 
 def revoke(task_id: str) -> None:

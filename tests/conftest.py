@@ -85,6 +85,8 @@ def fake_queue(monkeypatch: pytest.MonkeyPatch) -> FakeQueue:
     queue = FakeQueue()
     monkeypatch.setattr("app.queue.send", queue.send)
     monkeypatch.setattr("app.queue.revoke", queue.revoked.append)
+    # no broker to read: the sweeper goes by its delays alone
+    monkeypatch.setattr("app.queue.waiting_task_ids", lambda fetched_within: None)
     return queue
 
 

@@ -115,10 +115,22 @@ def _swap_task_id(
     return new_id if swapped.rowcount == 1 else None  # type: ignore[attr-defined]
 
 
+def _lost(task_id: str | None, held: Held | None, waiting: frozenset[str] | None) -> bool:
+    """Whether no worker holds the task and the broker (where readable) does not have it."""
+    if held is not None and task_id in held.ids:
+        return False
+    return waiting is None or task_id not in waiting
+
+
 def _resend_queued(
-    session: Session, settings: Settings, held: Held | None, report: SweepReport
+    session: Session,
+    settings: Settings,
+    held: Held | None,
+    waiting: frozenset[str] | None,
+    report: SweepReport,
 ) -> None:
-    """Queued too long and not held by any worker we can see: send it again under a new task id."""
+    """Queued too long, and neither a worker nor the broker has its task: send it again under a
+    new task id. A busy worker's backlog waits in the broker and is left alone."""
     cutoff = utcnow() - timedelta(seconds=settings.sweep_after_seconds)
     stale = session.scalars(
         select(DeletionRequest).where(
@@ -128,7 +140,7 @@ def _resend_queued(
         )
     ).all()
     for request in stale:
-        if request.id in report.recovered or (held is not None and request.task_id in held.ids):
+        if request.id in report.recovered or not _lost(request.task_id, held, waiting):
             continue
         new_id = _swap_task_id(
             session, DeletionRequest, request, RequestStatus.queued.value, updated_at=utcnow()
@@ -262,14 +274,19 @@ def _resend_preparing(
 
 
 def _resend_benchmarks(
-    session: Session, settings: Settings, held: Held | None, starting: bool, report: SweepReport
+    session: Session,
+    settings: Settings,
+    held: Held | None,
+    waiting: frozenset[str] | None,
+    starting: bool,
+    report: SweepReport,
 ) -> None:
     """Re-send benchmark runs still `queued` whose message went missing (same rule as above).
 
     The run gets a new task id first, so the old message, should it still arrive, finds a task
     id that is not its own and does nothing: a benchmark never runs twice at once.
     """
-    if held is None and not starting:
+    if held is None and waiting is None and not starting:
         return
     cutoff = utcnow() - timedelta(seconds=settings.sweep_after_seconds)
     stale = session.scalars(
@@ -278,7 +295,7 @@ def _resend_benchmarks(
         )
     ).all()
     for run in stale:
-        if held is not None and run.task_id in held.ids:
+        if not _lost(run.task_id, held, waiting):
             continue
         new_id = _swap_task_id(session, BenchmarkRun, run, BenchmarkStatus.queued.value)
         if new_id is not None:
@@ -336,20 +353,25 @@ def _clean_portraits(
             report.portraits_destroyed += 1
 
 
-def sweep(settings: Settings, *, inspect: bool = True) -> SweepReport:
+def sweep(settings: Settings, *, inspect: bool = True, starting: bool = False) -> SweepReport:
     """One pass: re-send lost tasks, requeue dead jobs, remove stray portraits.
 
-    `inspect=False` is the worker's start-up sweep: it cannot ask the workers what they hold.
+    `inspect=False`: a worker's own sweep, which cannot ask the workers what they hold (it is
+    one of them). `starting`: the sweep of a worker that just started, whose predecessor may
+    have died holding a preparation or a benchmark; later sweeps re-send those only when the
+    workers or the broker show them lost, so a long job is not sent again every interval.
     """
     report = SweepReport()
     held = held_tasks() if inspect else None
+    # a message fetched within the sweep delay is in a live worker's hands
+    waiting = queue.waiting_task_ids(settings.sweep_after_seconds)
     vault = portrait_vault(settings)
     with session_factory(settings)() as session:
         _recover_received(session, settings, vault, report)
-        _resend_queued(session, settings, held, report)
+        _resend_queued(session, settings, held, waiting, report)
         _requeue_dead(session, settings, vault, report)
-        _resend_preparing(session, settings, held, not inspect, report)
-        _resend_benchmarks(session, settings, held, not inspect, report)
+        _resend_preparing(session, settings, held, starting, report)
+        _resend_benchmarks(session, settings, held, waiting, starting, report)
         _settle_orphans(session, vault, report)
         _clean_portraits(session, settings, vault, report)
     if report != SweepReport():

@@ -80,9 +80,11 @@ def _sweep_forever(interval: float) -> None:
     # No broker inspection: a worker cannot answer its own inspect call while it sweeps.
     from worker.sweeper import sweep
 
+    starting = True
     while True:
         try:
-            sweep(get_settings(), inspect=False)
+            sweep(get_settings(), inspect=False, starting=starting)
+            starting = False
         except Exception:
             log.exception("sweep failed")
         time.sleep(interval)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Celery
 from job_helpers import (
     MODEL,
     load_request,
@@ -20,8 +21,10 @@ from job_helpers import (
     session_for,
     statuses,
 )
+from services import flush_redis_db, redis_db_url
 from sqlalchemy import select
 
+from app import queue
 from app.services.lifecycle import transition
 from app.services.registry import register_checkpoint
 from app.settings import Settings
@@ -106,6 +109,47 @@ def test_sweep_recovers_requests_stranded_as_received(
     assert sweep(now_settings, inspect=False).recovered == []  # once
 
 
+@pytest.mark.parametrize("broker", ["redis", "sql"])
+def test_a_busy_workers_backlog_stays_and_a_lost_message_is_re_sent_once(
+    settings: Settings,
+    checkpoint: Path,
+    train_ids: list[str],
+    broker: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a real broker, no worker: what waits there is a busy worker's backlog, not lost
+    url = redis_db_url() if broker == "redis" else f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+    now = settings.model_copy(update={"sweep_after_seconds": 0.0, "broker_url": url})
+    app = Celery("lethe-sweeper-test")
+    queue.configure(app, now)
+    monkeypatch.setattr(queue, "celery_app", app)
+    if broker == "redis":
+        flush_redis_db(url)
+    try:
+        with session_for(now) as session:
+            register_checkpoint(session, now, MODEL, str(checkpoint))
+        backlog = [seed_request(now, identity) for identity in train_ids[:3]]
+        lost = seed_request(now, train_ids[3])
+        with session_for(now) as session:
+            for request_id in backlog:
+                session.get_one(DeletionRequest, request_id).task_id = queue.send(
+                    queue.ERASE, request_id
+                )
+            session.get_one(DeletionRequest, lost).task_id = "a-message-the-broker-lost"
+            session.commit()
+        time.sleep(0.05)
+
+        first = sweep(now, inspect=False)
+        assert first.resent == [lost]  # before: every queued request, on every sweep
+        assert sweep(now, inspect=False).resent == []  # its new message now waits: once
+        waiting = queue.waiting_task_ids(now.sweep_after_seconds) or frozenset()
+        assert {load_request(now, r).task_id for r in [*backlog, lost]} <= waiting
+    finally:
+        if broker == "redis":
+            flush_redis_db(url)
+
+
 def test_sweep_resends_stuck_preparations_at_worker_start(
     settings: Settings, checkpoint: Path, sent: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,7 +160,10 @@ def test_sweep_resends_stuck_preparations_at_worker_start(
     time.sleep(0.05)
     monkeypatch.setattr("worker.sweeper.held_tasks", lambda: None)
     assert sweep(now_settings).preparations == []  # nobody answered: it may still be queued
-    assert sweep(now_settings, inspect=False).preparations == [version.id]
+    # a worker's periodic sweep leaves it alone: the preparation may be running in that worker
+    # (every 30 s it used to send another, 14 during one long job)
+    assert sweep(now_settings, inspect=False).preparations == []
+    assert sweep(now_settings, inspect=False, starting=True).preparations == [version.id]
     assert sent == [("lethe.prepare", (version.id,), None)]
 
 
