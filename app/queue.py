@@ -6,9 +6,11 @@ names. Nothing here imports torch or worker code, so the API stays light.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -99,14 +101,26 @@ def send_after_commit(
     return task_id
 
 
-def _task_id(message: bytes | str | dict[str, Any]) -> str | None:
-    """The task id in the headers of a Celery (protocol 2) message."""
-    body = json.loads(message) if isinstance(message, bytes | str) else message
-    task_id = body.get("headers", {}).get("id") if isinstance(body, dict) else None
-    return str(task_id) if task_id is not None else None
+@dataclass(frozen=True)
+class Waiting:
+    """A task message the broker holds: its task name and first argument (a row's id)."""
+
+    task: str
+    subject: object
 
 
-def _redis_waiting(channel: Any, queues: list[str], fresh_after: float) -> set[str]:
+def _waiting(message: bytes | str | dict[str, Any]) -> tuple[str, Waiting] | None:
+    """The task id, name and first argument of a Celery (protocol 2) message, if it is one."""
+    try:
+        envelope = json.loads(message) if isinstance(message, bytes | str) else message
+        headers = envelope["headers"]
+        args = json.loads(base64.b64decode(envelope["body"]))[0]
+        return str(headers["id"]), Waiting(str(headers["task"]), args[0] if args else None)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _redis_waiting(channel: Any, queues: list[str], fresh_after: float) -> list[Any]:
     """Ids queued in Redis, and those a worker fetched after `fresh_after` (Unix time)."""
     client = channel.client
     messages = [
@@ -122,10 +136,10 @@ def _redis_waiting(channel: Any, queues: list[str], fresh_after: float) -> set[s
         for raw in client.hmget(channel.unacked_key, fetched):
             if raw:
                 messages.append(json.loads(raw)[0])
-    return {i for i in map(_task_id, messages) if i is not None}
+    return messages
 
 
-def _sql_waiting(channel: Any, queues: list[str]) -> set[str]:
+def _sql_waiting(channel: Any, queues: list[str]) -> list[Any]:
     """Ids of the SQL broker's messages not yet fetched (fetched ones are never deleted)."""
     message, queue_row = channel.message_cls, channel.queue_cls
     rows = (
@@ -133,11 +147,11 @@ def _sql_waiting(channel: Any, queues: list[str]) -> set[str]:
         .join(queue_row, queue_row.id == message.queue_id)
         .filter(message.visible.is_(True), queue_row.name.in_(queues))
     )
-    return {i for (payload,) in rows if (i := _task_id(payload)) is not None}
+    return [payload for (payload,) in rows]
 
 
-def waiting_task_ids(fetched_within: float) -> frozenset[str] | None:
-    """Ids of the tasks waiting in the broker, or fetched less than `fetched_within` s ago.
+def waiting_tasks(fetched_within: float) -> dict[str, Waiting] | None:
+    """The tasks waiting in the broker, or fetched less than `fetched_within` s ago, by task id.
 
     What the sweeper must not re-send: those messages still reach a worker. None where the
     broker cannot be read this way (or not at all): the caller falls back to its delays.
@@ -147,12 +161,15 @@ def waiting_task_ids(fetched_within: float) -> frozenset[str] | None:
         with celery_app.connection_for_read() as connection:
             channel = connection.default_channel
             if isinstance(channel, kombu.transport.redis.Channel):
-                return frozenset(_redis_waiting(channel, queues, time.time() - fetched_within))
-            if isinstance(channel, kombu.transport.sqlalchemy.Channel):
-                return frozenset(_sql_waiting(channel, queues))
+                messages = _redis_waiting(channel, queues, time.time() - fetched_within)
+            elif isinstance(channel, kombu.transport.sqlalchemy.Channel):
+                messages = _sql_waiting(channel, queues)
+            else:
+                return None
     except Exception:
         log.warning("the broker's waiting tasks could not be read", exc_info=True)
-    return None
+        return None
+    return dict(found for found in map(_waiting, messages) if found is not None)
 
 
 def revoke(task_id: str) -> None:

@@ -86,7 +86,7 @@ def fake_queue(monkeypatch: pytest.MonkeyPatch) -> FakeQueue:
     monkeypatch.setattr("app.queue.send", queue.send)
     monkeypatch.setattr("app.queue.revoke", queue.revoked.append)
     # no broker to read: the sweeper goes by its delays alone
-    monkeypatch.setattr("app.queue.waiting_task_ids", lambda fetched_within: None)
+    monkeypatch.setattr("app.queue.waiting_tasks", lambda fetched_within: None)
     return queue
 
 

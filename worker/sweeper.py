@@ -57,6 +57,10 @@ class SweepReport:
     portraits_destroyed: int = 0
 
 
+# what the broker holds, by task id (None: it could not be read)
+Waited = dict[str, queue.Waiting] | None
+
+
 @dataclass(frozen=True)
 class Held:
     """Tasks that live workers hold (active, reserved or scheduled)."""
@@ -115,7 +119,7 @@ def _swap_task_id(
     return new_id if swapped.rowcount == 1 else None  # type: ignore[attr-defined]
 
 
-def _lost(task_id: str | None, held: Held | None, waiting: frozenset[str] | None) -> bool:
+def _lost(task_id: str | None, held: Held | None, waiting: Waited) -> bool:
     """Whether no worker holds the task and the broker (where readable) does not have it."""
     if held is not None and task_id in held.ids:
         return False
@@ -126,7 +130,7 @@ def _resend_queued(
     session: Session,
     settings: Settings,
     held: Held | None,
-    waiting: frozenset[str] | None,
+    waiting: Waited,
     report: SweepReport,
 ) -> None:
     """Queued too long, and neither a worker nor the broker has its task: send it again under a
@@ -250,25 +254,38 @@ def _requeue_dead(
 
 
 def _resend_preparing(
-    session: Session, settings: Settings, held: Held | None, starting: bool, report: SweepReport
+    session: Session,
+    settings: Settings,
+    held: Held | None,
+    waiting: Waited,
+    starting: bool,
+    report: SweepReport,
 ) -> None:
     """Re-send the preparation of versions stuck in `preparing`.
 
     Preparation is long and a duplicate repeats all of it, so this happens only when the workers
-    are known not to hold the task, or when a worker starts (its predecessor may have died with
-    the message); a duplicate that does run finds the version ready and stops.
+    are known not to hold the task, when a worker starts (its predecessor may have died with
+    the message), or when it never started and the broker holds no message for it (the send
+    failed); a duplicate that does run finds the version ready and stops.
     """
-    if held is None and not starting:
+    if held is None and waiting is None and not starting:
         return
+    queued = {w.subject for w in (waiting or {}).values() if w.task == queue.PREPARE}
     cutoff = utcnow() - timedelta(seconds=settings.sweep_after_seconds)
-    stale = session.scalars(
-        select(ModelVersion.id).where(
+    stale = session.execute(
+        select(ModelVersion.id, ModelVersion.progress).where(
             ModelVersion.status == VersionStatus.preparing.value,
             ModelVersion.created_at < cutoff,
         )
     ).all()
-    for version_id in stale:
-        if held is None or version_id not in held.prepared_versions:
+    for version_id, progress in stale:
+        if version_id in queued:
+            continue
+        if held is not None:
+            lost = version_id not in held.prepared_versions
+        else:  # a preparation that reported progress may be running in this very worker
+            lost = starting or not (progress or {}).get("updated_at")
+        if lost:
             queue.send(queue.PREPARE, version_id)
             report.preparations.append(version_id)
 
@@ -277,7 +294,7 @@ def _resend_benchmarks(
     session: Session,
     settings: Settings,
     held: Held | None,
-    waiting: frozenset[str] | None,
+    waiting: Waited,
     starting: bool,
     report: SweepReport,
 ) -> None:
@@ -364,13 +381,13 @@ def sweep(settings: Settings, *, inspect: bool = True, starting: bool = False) -
     report = SweepReport()
     held = held_tasks() if inspect else None
     # a message fetched within the sweep delay is in a live worker's hands
-    waiting = queue.waiting_task_ids(settings.sweep_after_seconds)
+    waiting = queue.waiting_tasks(settings.sweep_after_seconds)
     vault = portrait_vault(settings)
     with session_factory(settings)() as session:
         _recover_received(session, settings, vault, report)
         _resend_queued(session, settings, held, waiting, report)
         _requeue_dead(session, settings, vault, report)
-        _resend_preparing(session, settings, held, starting, report)
+        _resend_preparing(session, settings, held, waiting, starting, report)
         _resend_benchmarks(session, settings, held, waiting, starting, report)
         _settle_orphans(session, vault, report)
         _clean_portraits(session, settings, vault, report)

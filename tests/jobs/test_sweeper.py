@@ -143,8 +143,13 @@ def test_a_busy_workers_backlog_stays_and_a_lost_message_is_re_sent_once(
         first = sweep(now, inspect=False)
         assert first.resent == [lost]  # before: every queued request, on every sweep
         assert sweep(now, inspect=False).resent == []  # its new message now waits: once
-        waiting = queue.waiting_task_ids(now.sweep_after_seconds) or frozenset()
-        assert {load_request(now, r).task_id for r in [*backlog, lost]} <= waiting
+        waiting = queue.waiting_tasks(now.sweep_after_seconds) or {}
+        for request_id in [*backlog, lost]:
+            task_id = load_request(now, request_id).task_id or ""
+            assert waiting[task_id] == queue.Waiting(queue.ERASE, request_id)
+        # the preparation registration sent waits too, and is not sent again
+        assert [w.task for w in waiting.values()].count(queue.PREPARE) == 1
+        assert first.preparations == []
     finally:
         if broker == "redis":
             flush_redis_db(url)
