@@ -245,11 +245,11 @@ class PurgeOut(BaseModel):
 
 
 class RefreshQueued(BaseModel):
-    """A refresh of the serving version's artifacts was queued."""
+    """A refresh of the serving version's artifacts was queued, now or by an earlier ask."""
 
     model: str
     version: int
-    status: str
+    status: Literal["queued", "already_queued"]
 
 
 class Health(BaseModel):

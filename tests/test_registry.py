@@ -571,6 +571,11 @@ def test_refresh_rebuilds_artifacts_without_erased_identities(
     }
     assert api.sent[-1] == ("lethe.refresh", (child_id,))
     assert api.call("GET", f"/models/{MODEL}/versions/2").json()["progress"]["refresh"]["state"]
+    sent = len(api.sent)
+    for _ in range(3):  # asking again while it is queued queues nothing (it was ~3 a second)
+        again = api.call("POST", f"/models/{MODEL}/refresh")
+        assert again.status_code == 202 and again.json()["status"] == "already_queued"
+    assert len(api.sent) == sent
 
     import worker.refresh as refresh_module
 

@@ -332,17 +332,19 @@ def move_alias(
 )
 def refresh_model(name: str, session: SessionDep, admin: Admin) -> RefreshQueued:
     """Queue `lethe.refresh`: fresh artifacts from the training data minus erased identities,
-    or, if the data is gone, the inherited ones kept; the outcome is in `progress.refresh`."""
+    or, if the data is gone, the inherited ones kept; the outcome is in `progress.refresh`.
+    While one is queued or running, another ask answers `already_queued` and queues nothing."""
     from app.services.lookup import NoReadyVersion
     from app.services.registry import request_refresh
 
     model = _model(session, name)
     try:
-        version = request_refresh(session, model, f"asked by admin:{admin.name}")
+        version, queued = request_refresh(session, model, f"asked by admin:{admin.name}")
     except NoReadyVersion as exc:
         session.rollback()
         raise ApiError.of("refresh_unavailable", str(exc)) from None
-    return RefreshQueued(model=model.name, version=version.version, status="queued")
+    status = "queued" if queued else "already_queued"
+    return RefreshQueued(model=model.name, version=version.version, status=status)
 
 
 @router.post(

@@ -262,15 +262,24 @@ def usable_methods(artifacts: dict[str, str]) -> list[str]:
     ]
 
 
-def request_refresh(session: Session, model: RegisteredModel, reason: str) -> ModelVersion:
-    """Queue `lethe.refresh` for the serving version; commits before enqueueing."""
+def request_refresh(
+    session: Session, model: RegisteredModel, reason: str
+) -> tuple[ModelVersion, bool]:
+    """Queue `lethe.refresh` for the serving version (committing before enqueueing), unless one
+    is already queued or running; the version and whether this call queued it."""
     version = serving_version(session, model)
     if version is None or not usable(version):
         raise NoReadyVersion(f"model {model.name!r} has no ready serving version")
+    # the row lock makes concurrent asks take turns, so only the first one queues
+    session.refresh(version, with_for_update=True)
+    pending = (version.progress or {}).get("refresh") or {}
+    if pending.get("state") in ("queued", "running") and not _stale(pending):
+        session.commit()
+        return version, False
     refresh = {"state": "queued", "reason": reason, "queued_at": utcnow().isoformat()}
     version.progress = {**(version.progress or {}), "refresh": refresh}
     queue.send_after_commit(session, queue.REFRESH, version.id)
-    return version
+    return version, True
 
 
 def _stale(refresh: dict[str, Any]) -> bool:
@@ -295,13 +304,8 @@ def refresh_if_due(settings: Settings, model_id: int) -> bool:
         model = session.get(RegisteredModel, model_id)
         if model is None or (model.erasures_since_refresh or 0) < every:
             return False
-        version = serving_version(session, model)
-        pending = ((version.progress or {}).get("refresh") or {}) if version else {}
-        if pending.get("state") in ("queued", "running") and not _stale(pending):
-            return False
         try:
             reason = f"{model.erasures_since_refresh} erasures since the last refresh"
-            request_refresh(session, model, reason)
+            return request_refresh(session, model, reason)[1]
         except NoReadyVersion:
             return False
-    return True
