@@ -85,6 +85,12 @@ _CODES = (
     ),
     ErrorCode(404, "benchmark_not_found", "No benchmark run has this id."),
     ErrorCode(409, "benchmark_not_finished", "The benchmark run has not completed; no report yet."),
+    ErrorCode(
+        429,
+        "benchmark_queue_full",
+        "As many benchmark runs as LETHE_MAX_ACTIVE_BENCHMARKS are queued or running; retry "
+        "after `Retry-After` s.",
+    ),
     ErrorCode(404, "not_found", "No such endpoint."),
     ErrorCode(400, "http_error", "The HTTP request was malformed or not allowed."),
     ErrorCode(

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # either the API answers 429 `rate_limited` with `Retry-After`
     client_requests_per_minute: int = Field(default=600, ge=0)
     client_requests_per_day: int = Field(default=20_000, ge=0)
+    # Benchmark runs queued or running at once; one more answers 429 `benchmark_queue_full`
+    max_active_benchmarks: int = Field(default=2, ge=1)
 
     default_model: str = "synthfaces"
     # Stranger: the support-only method that met the erasure bar on the pretrained preset

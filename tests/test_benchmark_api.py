@@ -181,6 +181,29 @@ def test_create_records_then_enqueues_and_report_waits(api: Api) -> None:
         assert waiting.status_code == 409 and error_code(waiting) == "benchmark_not_finished"
 
 
+def test_identical_runs_are_one_and_active_runs_are_capped(api: Api) -> None:
+    first = api.post(TINY)
+    assert first.status_code == 202
+    again = api.post(TINY)  # before: a second run, and 736 of them in 10 minutes
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert api.enqueued == [first.json()["id"]]
+
+    second = api.post({**TINY, "seeds": [2]})
+    assert second.status_code == 202  # other arguments: another run, up to the cap (2)
+    full = api.post({**TINY, "seeds": [3]})
+    assert full.status_code == 429 and error_code(full) == "benchmark_queue_full"
+    assert int(full.headers["Retry-After"]) > 0
+    assert run_count(api.settings) == 2 and len(api.enqueued) == 2
+
+    with session_scope(api.settings) as session:
+        session.get_one(BenchmarkRun, first.json()["id"]).status = "completed"
+    assert api.post({**TINY, "seeds": [3]}).status_code == 202  # a finished run frees a place
+    with session_scope(api.settings) as session:
+        session.get_one(BenchmarkRun, second.json()["id"]).status = "failed"
+    rerun = api.post(TINY)  # only an active run stands in for a new one
+    assert rerun.status_code == 202 and rerun.json()["id"] != first.json()["id"]
+
+
 def test_a_lost_run_is_re_sent_by_a_starting_worker_and_runs_once(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -46,7 +46,9 @@ def _run_out(run: BenchmarkRun) -> BenchmarkRunOut:
     "",
     status_code=202,
     summary="Queue a benchmark run",
-    responses=responses(*AUTH_ERRORS, "method_unknown", "data_root_refused"),
+    responses=responses(
+        *AUTH_ERRORS, "method_unknown", "data_root_refused", "benchmark_queue_full"
+    ),
 )
 def create_benchmark(
     body: BenchmarkCreate,
@@ -55,9 +57,12 @@ def create_benchmark(
     session: SessionDep,
     client: Admin,
 ) -> BenchmarkRunOut:
-    """Record the run with its `lethe benchmark` arguments, then queue it on a worker."""
-    run = service.create_run(session, settings, client, body)
+    """Record the run with its `lethe benchmark` arguments, then queue it on a worker; a run
+    with the same arguments already queued or running is answered instead (200)."""
+    run, created = service.create_run(session, settings, client, body)
     response.headers["Location"] = f"{PREFIX}/{run.id}"
+    if not created:
+        response.status_code = 200
     return _run_out(run)
 
 

@@ -7,6 +7,7 @@ import logging
 import re
 from pathlib import Path
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app import queue
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 OPTION_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
 KNOWN_METHODS = tuple(METHODS)
+ADVISORY_LOCK = 0x1E7E_BE7C  # the Postgres advisory lock key of benchmark submissions
 
 
 def _refuse(message: str) -> ApiError:
@@ -114,11 +116,40 @@ def benchmark_argv(body: BenchmarkCreate, settings: Settings) -> list[str]:
     return argv
 
 
+ACTIVE = (BenchmarkStatus.queued.value, BenchmarkStatus.running.value)
+# a benchmark holds a worker for minutes to hours; a client waits at least this long to retry
+QUEUE_FULL_RETRY_SECONDS = 60
+
+
+def _take_turns(session: Session) -> None:
+    """Serialize the active-run check and the insert across API processes (Postgres)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(ADVISORY_LOCK)))
+
+
 def create_run(
     session: Session, settings: Settings, client: ApiClient, body: BenchmarkCreate
-) -> BenchmarkRun:
-    """Validate, commit the run as queued, then send its task (record first, then enqueue)."""
+) -> tuple[BenchmarkRun, bool]:
+    """Validate, commit the run as queued, then send its task (record first, then enqueue).
+
+    A run with the same arguments already queued or running is returned instead (False: not
+    created); past `max_active_benchmarks` active runs the answer is 429 `benchmark_queue_full`.
+    """
     argv = benchmark_argv(body, settings)
+    _take_turns(session)
+    active = session.scalars(select(BenchmarkRun).where(BenchmarkRun.status.in_(ACTIVE))).all()
+    for earlier in active:
+        if earlier.argv == argv:
+            session.commit()
+            return earlier, False
+    if len(active) >= settings.max_active_benchmarks:
+        session.rollback()
+        raise ApiError.of(
+            "benchmark_queue_full",
+            f"{len(active)} benchmark runs are queued or running; the limit is "
+            f"{settings.max_active_benchmarks}",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_SECONDS)},
+        )
     run = BenchmarkRun(
         id=new_id(),
         client_id=client.id,
@@ -129,7 +160,7 @@ def create_run(
     )
     session.add(run)
     queue.send_after_commit(session, queue.BENCHMARK, run.id, holder=run)
-    return run
+    return run, True
 
 
 def get_run(session: Session, run_id: str) -> BenchmarkRun:
