@@ -567,12 +567,21 @@ def test_a_duplicate_of_a_request_in_flight_is_linked_not_run(api: Api) -> None:
     duplicate = again.json()["id"]
     assert api.enqueued == [first]  # no second job
 
-    body = api.get(f"/deletion-requests/{duplicate}", key="other").json()
-    assert body["linked_request_id"] == first
-    assert body["events"][-1]["reason"].startswith(f"duplicate of request {first} in flight")
-    # A third one follows the same request, not the duplicate.
+    seen_by_other = api.get(f"/deletion-requests/{duplicate}", key="other")
+    body = seen_by_other.json()
+    # linked, but another client's request id (and so who asked) stays hidden from it
+    assert body["linked_request_id"] is None and first not in seen_by_other.text
+    assert body["events"][-1]["reason"].startswith("duplicate of a request in flight")
+    listed = api.get("/deletion-requests", key="other")
+    assert duplicate in listed.text and first not in listed.text
+    # A third one follows the same request, not the duplicate; its own client sees the link.
     third = api.submit(identity="person-2", portrait=PNG).json()["id"]
     assert api.get(f"/deletion-requests/{third}").json()["linked_request_id"] == first
+    auditor = keys_create("auditor", ["models:admin", "requests:read"], api.settings)
+    seen_by_admin = api.client.get(
+        f"/deletion-requests/{duplicate}", headers={"X-API-Key": auditor}
+    )
+    assert seen_by_admin.json()["linked_request_id"] == first  # an admin sees every link
     # Its portrait is kept: should the first request fail, it runs on its own.
     assert len(stored_portraits(api.settings)) == 3
 

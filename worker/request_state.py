@@ -57,7 +57,7 @@ def fail(
     request.error_code = code
     request.error_message = message[:4000]
     uri, request.portrait_uri = request.portrait_uri, None
-    release_followers(session, request.id, actor, f"request {request.id} failed")
+    release_followers(session, request.id, actor, "the request it followed failed")
     return uri
 
 

@@ -86,7 +86,13 @@ def _version_ref(session: Session, version_id: int | None) -> VersionRef | None:
     return VersionRef(model=version.model.name, version=version.version)
 
 
-def _summary(session: Session, request: DeletionRequest) -> DeletionRequestSummary:
+def _shown(session: Session, viewer: ApiClient, requests: list[DeletionRequest]) -> set[str]:
+    """The linked and batch-leading request ids among `requests` that `viewer` may see."""
+    ids = {i for r in requests for i in (r.linked_request_id, r.batch_id) if i is not None}
+    return service.visible_ids(session, viewer, ids)
+
+
+def _summary(session: Session, request: DeletionRequest, shown: set[str]) -> DeletionRequestSummary:
     model = session.get(RegisteredModel, request.model_id)
     error = None
     if request.error_code:
@@ -102,17 +108,22 @@ def _summary(session: Session, request: DeletionRequest) -> DeletionRequestSumma
         started_at=request.started_at,
         finished_at=request.finished_at,
         result_version=_version_ref(session, request.result_version_id),
-        linked_request_id=request.linked_request_id,
-        batch_id=request.batch_id,
+        # another client's request id would tell who else asked for this person
+        linked_request_id=request.linked_request_id if request.linked_request_id in shown else None,
+        batch_id=request.batch_id if request.batch_id in shown else None,
         error=error,
     )
 
 
-def _detail(session: Session, request: DeletionRequest) -> DeletionRequestOut:
+def _detail(session: Session, viewer: ApiClient, request: DeletionRequest) -> DeletionRequestOut:
     session.expire(request, ["events", "audit"])  # this session may have added events since
     audit = request.audit
+    shown = _shown(session, viewer, [request])
+    run = dict(audit.run) if audit else {}
+    if run.get("batch_id") not in shown:
+        run.pop("batch_id", None)
     return DeletionRequestOut(
-        **_summary(session, request).model_dump(),
+        **_summary(session, request, shown).model_dump(),
         attempts=request.attempts,
         events=[
             RequestEventOut(
@@ -124,7 +135,7 @@ def _detail(session: Session, request: DeletionRequest) -> DeletionRequestOut:
             )
             for e in request.events
         ],
-        audit=AuditOut(before=audit.before, after=audit.after, delta=audit.delta, run=audit.run)
+        audit=AuditOut(before=audit.before, after=audit.after, delta=audit.delta, run=run)
         if audit
         else None,
     )
@@ -204,7 +215,7 @@ def get_deletion_request(
     request_id: str, session: SessionDep, client: Reader
 ) -> DeletionRequestOut:
     """Status, timestamps, events, the audit, the produced version and any error."""
-    return _detail(session, service.get_request(session, client, request_id))
+    return _detail(session, client, service.get_request(session, client, request_id))
 
 
 @router.get(
@@ -224,7 +235,9 @@ def list_deletion_requests(
     page, next_cursor = service.list_requests(
         session, client, status=status, model=model, cursor=cursor, limit=limit
     )
-    return DeletionRequestPage(items=[_summary(session, r) for r in page], next_cursor=next_cursor)
+    shown = _shown(session, client, page)
+    items = [_summary(session, r, shown) for r in page]
+    return DeletionRequestPage(items=items, next_cursor=next_cursor)
 
 
 @router.post(
@@ -236,4 +249,5 @@ def cancel_deletion_request(
     request_id: str, settings: SettingsDep, session: SessionDep, client: Creator
 ) -> DeletionRequestOut:
     """Only while queued: the portrait is destroyed and the task revoked."""
-    return _detail(session, service.cancel_request(session, settings, client, request_id))
+    canceled = service.cancel_request(session, settings, client, request_id)
+    return _detail(session, client, canceled)

@@ -67,7 +67,8 @@ def plan(
         return Plan(store_portrait=False, steps=[(RequestStatus.completed, reason)])
     primary = in_flight(session, model, identity)
     if primary is not None:
-        reason = f"duplicate of request {primary.id} in flight; follows its outcome"
+        # no id: the request followed may be another client's
+        reason = "duplicate of a request in flight for the same identity; follows its outcome"
         return Plan(steps=[(RequestStatus.queued, reason)], follows=primary)
     return Plan()
 
@@ -143,7 +144,7 @@ def settle_followers(session: Session, request: DeletionRequest, actor: str) -> 
     uris = []
     for follower in followers(session, request.id):
         status = RequestStatus(request.status)
-        transition(session, follower, status, actor, f"linked to request {request.id}")
+        transition(session, follower, status, actor, "the outcome of the request it followed")
         follower.result_version_id = request.result_version_id
         follower.batch_id = request.batch_id
         if follower.portrait_uri:
@@ -159,5 +160,5 @@ def settle_or_release(session: Session, request: DeletionRequest, actor: str) ->
     """
     if RequestStatus(request.status) in SUCCESS:
         return settle_followers(session, request, actor)
-    release_followers(session, request.id, actor, f"request {request.id} {request.status}")
+    release_followers(session, request.id, actor, f"the request it followed {request.status}")
     return []

@@ -268,6 +268,16 @@ def _visible(client: ApiClient) -> ColumnElement[bool]:
     return DeletionRequest.client_id == client.id
 
 
+def visible_ids(session: Session, client: ApiClient, ids: set[str]) -> set[str]:
+    """Those of `ids` naming requests `client` may see: other clients' ids stay hidden."""
+    if not ids:
+        return set()
+    found = session.scalars(
+        select(DeletionRequest.id).where(DeletionRequest.id.in_(ids), _visible(client))
+    )
+    return set(found)
+
+
 def get_request(
     session: Session, client: ApiClient, request_id: str, *, lock: bool = False
 ) -> DeletionRequest:
@@ -315,7 +325,7 @@ def cancel_request(
     transition(session, request, RequestStatus.canceled, _actor(client), "canceled by the client")
     uri, request.portrait_uri = request.portrait_uri, None
     released = duplicates.release_followers(
-        session, request.id, _actor(client), f"request {request.id} was canceled"
+        session, request.id, _actor(client), "the request it followed was canceled"
     )
     session.commit()
     for follower in released:

@@ -163,7 +163,7 @@ def test_a_same_identity_request_in_the_batch_follows_the_first(
     assert request.status == "completed" and request.linked_request_id == first
     assert request.result_version_id == outcome.version_id and request.audit is None
     assert statuses(request) == ["received", "queued", "completed"]
-    assert request.events[-1].reason == f"linked to request {first}"
+    assert request.events[-1].reason == "the outcome of the request it followed"
     assert not portrait_vault(batched).exists(uri)
     with session_for(batched) as session:
         version = session.get_one(ModelVersion, outcome.version_id)

@@ -176,7 +176,8 @@ def claim(
         batch_task = task_id or leader.task_id or f"batch-{leader.id}"
         where = f"on {socket.gethostname()}, from version {parent.version}"
         for request in batch:
-            size = f"batch of {len(batch)} led by {leader.id}" if len(batch) > 1 else "alone"
+            # no leader id: the batch mixes clients, and batch_id is shown only to its own
+            size = f"batch of {len(batch)}" if len(batch) > 1 else "alone"
             reason = f"attempt {request.attempts + 1} {where}, {size}"
             transition(session, request, RequestStatus.running, ACTOR, reason)
             request.parent_version_id = parent.id
