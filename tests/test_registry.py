@@ -649,3 +649,19 @@ def test_refresh_needs_a_serving_version(api: Api) -> None:
     refused = api.call("POST", f"/models/{MODEL}/refresh")
     assert refused.status_code == 409 and error(refused) == "refresh_unavailable"
     assert error(api.call("POST", "/models/nope/refresh")) == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    "field", ["checkpoint_path", "name", "dataset_root"], ids=["path", "name", "data-root"]
+)
+@pytest.mark.parametrize("value", ["~no-such-user-here/model.pt", "model\x00.pt"])
+def test_odd_paths_and_names_are_refused_not_500(api: Api, field: str, value: str) -> None:
+    allowed = str(api.settings.checkpoint_dirs[0] / "original.pt")
+    body: dict[str, Any] = {"name": MODEL, "checkpoint_path": allowed}
+    if field == "dataset_root":
+        body["training_data"] = {"dataset": "celeba", "root": value}
+    else:
+        body[field] = value
+    response = api.call("POST", "/models", json=body)
+    assert 400 <= response.status_code < 500, response.text
+    assert version_count(api.settings) == 0

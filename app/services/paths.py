@@ -17,7 +17,10 @@ def resolve_under(raw: str, roots: Sequence[Path]) -> Path:
     """
     if "\x00" in raw:
         raise PathRefused("the path contains a NUL character")
-    path = Path(raw).expanduser().resolve()
+    try:
+        path = Path(raw).expanduser().resolve()
+    except (RuntimeError, KeyError, OSError, ValueError):  # `~nobody`, a loop of links, ...
+        raise PathRefused(f"{raw} cannot be resolved to a path on this server") from None
     folders = [root.expanduser().resolve() for root in roots]
     if not any(path.is_relative_to(folder) for folder in folders):
         allowed = ", ".join(str(folder) for folder in folders) or "nothing (none are configured)"
