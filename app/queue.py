@@ -121,7 +121,7 @@ def _waiting(message: bytes | str | dict[str, Any]) -> tuple[str, Waiting] | Non
 
 
 def _redis_waiting(channel: Any, queues: list[str], fresh_after: float) -> list[Any]:
-    """Ids queued in Redis, and those a worker fetched after `fresh_after` (Unix time)."""
+    """Messages queued in Redis, and those a worker fetched after `fresh_after` (Unix time)."""
     client = channel.client
     messages = [
         raw
@@ -140,7 +140,7 @@ def _redis_waiting(channel: Any, queues: list[str], fresh_after: float) -> list[
 
 
 def _sql_waiting(channel: Any, queues: list[str]) -> list[Any]:
-    """Ids of the SQL broker's messages not yet fetched (fetched ones are never deleted)."""
+    """The SQL broker's messages not yet fetched (it keeps fetched ones, marked invisible)."""
     message, queue_row = channel.message_cls, channel.queue_cls
     rows = (
         channel.session.query(message.payload)

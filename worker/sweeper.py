@@ -159,8 +159,8 @@ def _recover_received(
 ) -> None:
     """`received` for longer than the sweep delay: its API died before queuing it. Queue it now.
 
-    The API records `received` and `queued` in one commit, so such a row comes from an older
-    release or a crash inside that commit's aftermath; one without a portrait cannot run and fails.
+    The API now records `received` and `queued` in one commit, so such a row was left by an
+    earlier release that committed them apart; one whose portrait is gone cannot run and fails.
     """
     cutoff = utcnow() - timedelta(seconds=settings.sweep_after_seconds)
     stranded = session.scalars(
