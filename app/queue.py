@@ -30,6 +30,12 @@ SWEEP = "lethe.sweep"
 BENCHMARK = "lethe.benchmark"
 TASKS = (PREPARE, REFRESH, ERASE, SWEEP, BENCHMARK)
 TASK_MODULE = "worker.tasks"  # imported by the worker process only, by name
+# Erasures (and sweeps) have a queue of their own and a worker that takes nothing else, so an
+# hour-long benchmark or a preparation never delays one; the maintenance worker takes the rest.
+ERASURES_QUEUE = "lethe.erasures"
+MAINTENANCE_QUEUE = "lethe.maintenance"
+QUEUES = (ERASURES_QUEUE, MAINTENANCE_QUEUE)
+ROUTES = {task: {"queue": MAINTENANCE_QUEUE} for task in (PREPARE, REFRESH, BENCHMARK)}
 SQL_BROKER_PREFIX = "sqla+"
 
 
@@ -60,6 +66,8 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_prefetch_multiplier=1,
         task_track_started=True,
         broker_connection_retry_on_startup=True,
+        task_default_queue=ERASURES_QUEUE,
+        task_routes=ROUTES,
     )
 
 
@@ -156,7 +164,7 @@ def waiting_tasks(fetched_within: float) -> dict[str, Waiting] | None:
     What the sweeper must not re-send: those messages still reach a worker. None where the
     broker cannot be read this way (or not at all): the caller falls back to its delays.
     """
-    queues = [celery_app.conf.task_default_queue]
+    queues = list(QUEUES)
     try:
         with celery_app.connection_for_read() as connection:
             channel = connection.default_channel

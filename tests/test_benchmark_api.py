@@ -343,6 +343,8 @@ def _wait(client: httpx.Client, run_id: str, timeout: float) -> dict[str, Any]:
 
 @pytest.mark.integration
 def test_rerun_through_the_api_equals_the_cli(service_settings: Settings, tmp_path: Path) -> None:
+    # the worker computes with the cores this process has, so the rows match to the bit
+    service_settings = service_settings.model_copy(update={"compute_processes": 1})
     with running_services(service_settings) as services:
         key = keys_create("admin", ["benchmarks:admin"], service_settings)
         with httpx.Client(

@@ -13,6 +13,8 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 
+from app.queue import TASKS
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -44,6 +46,17 @@ def test_named_modules_and_commands_exist() -> None:
     assert worker[:2] == ["celery", "-A"]
     celery_module = importlib.import_module(worker[2])
     assert hasattr(celery_module, "celery_app")
+    # every queue a task is routed to has a worker, and erasures have one of their own
+    taken = {
+        name: {a.removeprefix("--queues=") for a in _command(name) if a.startswith("--queues=")}
+        for name in ("worker", "worker-maintenance")
+    }
+    assert taken == {
+        "worker": {celery_module.ERASURES_QUEUE},
+        "worker-maintenance": {celery_module.MAINTENANCE_QUEUE},
+    }
+    routed = {celery_module.celery_app.amqp.router.route({}, t)["queue"].name for t in TASKS}
+    assert routed == set().union(*taken.values())
     migrate = _command("migrate")
     assert migrate[:2] == ["alembic", "upgrade"] and (ROOT / "alembic.ini").is_file()
     for name in ("uvicorn", "celery", "alembic"):

@@ -240,6 +240,32 @@ def test_the_shipped_default_method_erases_with_its_prepared_probe(
         assert run["param_change_l2"] > 0
 
 
+def test_a_running_benchmark_does_not_delay_an_erasure(
+    service_settings: Settings, tiny_checkpoint: Path
+) -> None:
+    settings = service_settings.model_copy(
+        update={"guardrail_max_score_drop": 100.0, "checkpoint_dirs": [tiny_checkpoint.parent]}
+    )
+    (identity, png), *_ = _portraits(tiny_checkpoint, 1)
+    # minutes of work on the maintenance worker (it used to hold the only worker for all of it)
+    long_run = {"synth_identities": 40, "image_size": 32, "epochs": 30, "requests": [3],
+                "seeds": list(range(10)), "methods": ["jit"], "rmia": False}  # fmt: skip
+    with _service(settings) as (_, client):
+        _register(client, tiny_checkpoint)
+        admin = {"X-API-Key": keys_create("bench", ["benchmarks:admin"], settings)}
+        created = client.post("/admin/benchmarks", json=long_run, headers=admin)
+        assert created.status_code == 202, created.text
+        run = f"/admin/benchmarks/{created.json()['id']}"
+        deadline = time.monotonic() + 60
+        while client.get(run, headers=admin).json()["status"] != "running":
+            assert time.monotonic() < deadline, "the benchmark never started"
+            time.sleep(0.2)
+
+        body = wait_for_request(client, _post(client, identity, png), 120)
+        assert body["status"] == "completed", body
+        assert client.get(run, headers=admin).json()["status"] == "running"  # it did not wait
+
+
 def test_worker_killed_mid_job_is_recovered(service_settings, tiny_checkpoint: Path) -> None:
     # A slow method configuration keeps the job running long enough to kill the worker in it.
     settings = service_settings.model_copy(

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from app import queue
 from app.settings import Settings
 
 TERMINAL = {"completed", "failed", "needs_review", "rejected", "canceled"}
@@ -36,7 +37,14 @@ def free_port() -> int:
 
 
 def service_env(settings: Settings) -> dict[str, str]:
-    """Environment that gives child processes exactly these settings."""
+    """Environment that gives child processes exactly these settings.
+
+    Two worker processes compute here (erasures, maintenance): unless the operator said
+    otherwise, each gets half the cores, since two torch processes that each take them all
+    slow each other about tenfold.
+    """
+    if "compute_processes" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"compute_processes": 2})
     env = dict(os.environ)
     env["HF_HUB_OFFLINE"] = "1"
     computed = set(type(settings).model_computed_fields)
@@ -55,29 +63,40 @@ def service_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_worker(env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
-    """Start one Celery worker process (solo pool: one job at a time) logging to logs/worker.log."""
+# Each worker process: the queue it takes and the name of its log (logs/NAME.log).
+ERASURE_WORKER = (queue.ERASURES_QUEUE, "worker")
+MAINTENANCE_WORKER = (queue.MAINTENANCE_QUEUE, "maintenance")
+
+
+def start_worker(
+    env: dict[str, str], logs: Path, role: tuple[str, str] = ERASURE_WORKER
+) -> subprocess.Popen[bytes]:
+    """Start one Celery worker process (solo pool: one job at a time) on the queue of `role`,
+    logging to logs/NAME.log."""
+    queue_name, name = role
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "app.queue", "worker", "--pool=solo",
-         "--concurrency=1", "--loglevel=INFO", f"--logfile={logs / 'worker.log'}"],
+         "--concurrency=1", f"--queues={queue_name}", f"--hostname={name}@%h",
+         "--loglevel=INFO", f"--logfile={logs / f'{name}.log'}"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=(logs / "worker.err").open("ab"),
+        stderr=(logs / f"{name}.err").open("ab"),
     )  # fmt: skip
 
 
-def worker_ready_count(logs: Path) -> int:
-    """How many times a worker logging to `logs` has reported ready."""
-    path = logs / "worker.log"
+def worker_ready_count(logs: Path, role: tuple[str, str] = ERASURE_WORKER) -> int:
+    """How many times the worker of `role` logging to `logs` has reported ready."""
+    path = logs / f"{role[1]}.log"
     return path.read_text(errors="replace").count("ready.") if path.exists() else 0
 
 
 @dataclass
 class Services:
-    """The running API and worker processes."""
+    """The running API and worker processes (`worker` erases; `maintenance` does the rest)."""
 
     api: subprocess.Popen[bytes]
     worker: subprocess.Popen[bytes]
+    maintenance: subprocess.Popen[bytes]
     base_url: str
     logs: Path
     env: dict[str, str]
@@ -125,8 +144,9 @@ def running_services(settings: Settings, port: int | None = None) -> Iterator[Se
     logs.mkdir(exist_ok=True)
     env = service_env(settings)
     port = port or free_port()
-    worker = start_worker(env, logs)
-    started = [worker]
+    worker = start_worker(env, logs, ERASURE_WORKER)
+    maintenance = start_worker(env, logs, MAINTENANCE_WORKER)
+    started = [worker, maintenance]
     api = subprocess.Popen(
         [
             sys.executable,
@@ -145,9 +165,15 @@ def running_services(settings: Settings, port: int | None = None) -> Iterator[Se
     started.append(api)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until(lambda: _api_up(base_url), 60, "API start", [api, worker])
-        _wait_until(lambda: worker_ready_count(logs) > 0, 120, "worker start", [api, worker])
-        yield Services(api, worker, base_url, logs, env, started)
+        _wait_until(lambda: _api_up(base_url), 60, "API start", started)
+        for role in (ERASURE_WORKER, MAINTENANCE_WORKER):
+            _wait_until(
+                lambda role=role: worker_ready_count(logs, role) > 0,
+                120,
+                f"{role[1]} worker start",
+                started,
+            )
+        yield Services(api, worker, maintenance, base_url, logs, env, started)
     finally:
         for proc in started:
             if proc.poll() is None:
