@@ -258,6 +258,10 @@ def demo(settings: Settings, epochs: int | None = None, timeout: float = 1800) -
 
     checkpoint = ensure_demo_checkpoint(settings, epochs)
     identity, portrait = demo_portrait(checkpoint)
+    if "compute_processes" not in settings.model_fields_set:
+        # the demo waits for the preparation before it erases: its two workers never compute
+        # at once, so each may take every core
+        settings = settings.model_copy(update={"compute_processes": 1})
     with running_services(settings) as services:
         key = keys_create("demo", ["requests:create", "requests:read", "models:admin"], settings)
         headers = {"X-API-Key": key}
