@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: install run benchmark test test-slow compose-tool clean
+.PHONY: install run benchmark test test-slow fuzz compose-tool clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ compose-tool:
 test: install compose-tool
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# Schemathesis over the OpenAPI schema with a larger budget than the test run's 5 cases an
+# operation (tests/test_fuzz.py): no server error, no undocumented status (about 3 min).
+fuzz: install
+	LETHE_FUZZ_EXAMPLES=200 $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow

@@ -46,9 +46,10 @@ def _run_out(run: BenchmarkRun) -> BenchmarkRunOut:
     "",
     status_code=202,
     summary="Queue a benchmark run",
-    responses=responses(
-        *AUTH_ERRORS, "method_unknown", "data_root_refused", "benchmark_queue_full"
-    ),
+    responses={
+        200: {"model": BenchmarkRunOut, "description": "An identical run, queued or running"},
+        **responses(*AUTH_ERRORS, "method_unknown", "data_root_refused", "benchmark_queue_full"),
+    },
 )
 def create_benchmark(
     body: BenchmarkCreate,
