@@ -38,7 +38,7 @@ test: install compose-tool
 	$(BIN)/python -m pytest
 
 # Schemathesis over the OpenAPI schema with a larger budget than the test run's 5 cases an
-# operation (tests/test_fuzz.py): no server error, no undocumented status (about 3 min).
+# operation (tests/test_fuzz.py): no server error, no undocumented status (about 2 min).
 fuzz: install
 	LETHE_FUZZ_EXAMPLES=200 $(BIN)/python -m pytest -q tests/test_fuzz.py
 
