@@ -102,7 +102,8 @@ class Settings(BaseSettings):
     def _secrets_fit_the_deployment(self) -> Self:
         """Production gets secrets nobody else has; embedded gets a warning when it has not."""
         problems = []
-        if self.identity_secret in PUBLISHED_SECRETS:
+        published = self.identity_secret in PUBLISHED_SECRETS
+        if published:
             problems.append("LETHE_IDENTITY_SECRET is a default published in this repository")
         elif len(self.identity_secret) < MIN_PRODUCTION_SECRET_CHARS:
             problems.append(
@@ -114,7 +115,7 @@ class Settings(BaseSettings):
             problems.append("LETHE_STORAGE_KEY is unset (the portrait key would be derived)")
         if problems and self.deployment == "production":
             raise ValueError("production refuses to start: " + "; ".join(problems))
-        if self.identity_secret in PUBLISHED_SECRETS:
+        if published:
             log.warning("embedded deployment with the published development identity secret")
         return self
 

@@ -657,34 +657,6 @@ def test_auth(api: Api) -> None:
     assert revoked.status_code == 401 and error_code(revoked) == "invalid_api_key"
 
 
-def test_lethe_keys_create_prints_a_working_key(
-    api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from worker.cli import main
-
-    monkeypatch.setenv("LETHE_DATA_DIR", str(api.settings.data_dir))
-    monkeypatch.setenv("LETHE_IDENTITY_SECRET", api.settings.identity_secret)
-    if api.settings.database_url:
-        monkeypatch.setenv("LETHE_DATABASE_URL", api.settings.database_url)
-    get_settings.cache_clear()
-    try:
-        main(["keys", "create", "--name", "cli", "--scopes", "requests:read"])
-    finally:
-        get_settings.cache_clear()
-    key = capsys.readouterr().out.strip()
-    assert key.startswith("lethe_")
-    with session_scope(api.settings) as session:
-        stored = session.scalar(select(ApiClient).where(ApiClient.name == "cli"))
-        assert stored is not None and key not in (stored.key_hash, stored.key_prefix)
-    response = api.client.get("/deletion-requests", headers={"X-API-Key": key})
-    assert response.status_code == 200
-
-
-def test_keys_create_refuses_unknown_scopes(api_settings: Settings) -> None:
-    with pytest.raises(ValueError, match="unknown scope"):
-        keys_create("x", ["requests:delete"], api_settings)
-
-
 def _lethe(api: Api, monkeypatch: pytest.MonkeyPatch, *argv: str) -> None:
     """Run the `lethe` command against the test's database."""
     from worker.cli import main
@@ -698,6 +670,24 @@ def _lethe(api: Api, monkeypatch: pytest.MonkeyPatch, *argv: str) -> None:
         main(list(argv))
     finally:
         get_settings.cache_clear()
+
+
+def test_lethe_keys_create_prints_a_working_key(
+    api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _lethe(api, monkeypatch, "keys", "create", "--name", "cli", "--scopes", "requests:read")
+    key = capsys.readouterr().out.strip()
+    assert key.startswith("lethe_")
+    with session_scope(api.settings) as session:
+        stored = session.scalar(select(ApiClient).where(ApiClient.name == "cli"))
+        assert stored is not None and key not in (stored.key_hash, stored.key_prefix)
+    response = api.client.get("/deletion-requests", headers={"X-API-Key": key})
+    assert response.status_code == 200
+
+
+def test_keys_create_refuses_unknown_scopes(api_settings: Settings) -> None:
+    with pytest.raises(ValueError, match="unknown scope"):
+        keys_create("x", ["requests:delete"], api_settings)
 
 
 def test_lethe_keys_list_and_revoke(
