@@ -37,6 +37,19 @@ def small_faces() -> FaceData:
     return load_synthfaces(SMALL)
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test_resnet trained for 2 epochs on 40 synthfaces identities at 32 px."""
+    from models.cli import main as ml_main
+
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pth"
+    ml_main(
+        ["train", "--synth-identities", "40", "--image-size", "32", "--epochs", "2",
+         "--requests", "3", "--out", str(path)]
+    )  # fmt: skip
+    return path
+
+
 # --- Real services: PostgreSQL and Redis (see tests/services.py) -------------------------------
 
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
+from http_service import portraits, post, register, service, versions
 from sqlalchemy import select
 
 from app.cli import keys_create
@@ -21,76 +18,9 @@ from app.db import session_scope
 from app.settings import Settings
 from app.storage import artifact_store
 from app.tables import DeletionRequest, ModelVersion
-from models.cli import main as ml_main
-from models.data.synthfaces import SynthFaces, SynthFacesConfig
-from models.train.checkpoint import load_checkpoint
-from worker.embedded import (
-    Services,
-    efficacy_summary,
-    running_services,
-    wait_for_ready_version,
-    wait_for_request,
-)
+from worker.embedded import efficacy_summary, wait_for_request
 
 pytestmark = pytest.mark.integration
-MODEL = "faces"
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A test_resnet trained for 2 epochs on 40 synthfaces identities at 32 px."""
-    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pth"
-    ml_main(
-        ["train", "--synth-identities", "40", "--image-size", "32", "--epochs", "2",
-         "--requests", "3", "--out", str(path)]
-    )  # fmt: skip
-    return path
-
-
-def _portraits(checkpoint: Path, count: int) -> list[tuple[str, bytes]]:
-    """`count` training identities of the checkpoint, each with a fresh PNG portrait."""
-    ckpt = load_checkpoint(checkpoint)
-    faces = SynthFaces(SynthFacesConfig(num_identities=40, image_size=32, seed=0))
-    result = []
-    for identity in ckpt.splits["retain"][:count]:
-        buffer = io.BytesIO()
-        Image.fromarray(faces.portrait(identity).permute(1, 2, 0).numpy()).save(buffer, "PNG")
-        result.append((identity, buffer.getvalue()))
-    return result
-
-
-def _post(client: httpx.Client, identity: str, png: bytes, method: str | None = None) -> str:
-    form = {"identity_id": identity, "model": MODEL} | ({"method": method} if method else {})
-    response = client.post(
-        "/deletion-requests", data=form, files={"portrait": ("p.png", png, "image/png")}
-    )
-    assert response.status_code == 202, response.text
-    assert response.headers["location"].endswith(response.json()["id"])
-    return str(response.json()["id"])
-
-
-def _versions(client: httpx.Client) -> dict[int, dict]:
-    items = client.get(f"/models/{MODEL}/versions").raise_for_status().json()["items"]
-    return {v["version"]: v for v in items}
-
-
-@contextmanager
-def _service(settings: Settings) -> Iterator[tuple[Services, httpx.Client]]:
-    """The API and a worker, and a client holding a key with every scope these tests use."""
-    with running_services(settings) as services:
-        key = keys_create("it", ["requests:create", "requests:read", "models:admin"], settings)
-        with httpx.Client(
-            base_url=services.base_url, headers={"X-API-Key": key}, timeout=30
-        ) as client:
-            yield services, client
-
-
-def _register(client: httpx.Client, checkpoint: Path) -> dict:
-    response = client.post("/models", json={"name": MODEL, "checkpoint_path": str(checkpoint)})
-    assert response.status_code in (201, 202), response.text
-    version = wait_for_ready_version(client, MODEL, 180)
-    assert version["status"] == "ready", version
-    return version
 
 
 def _erase_and_check(
@@ -102,7 +32,7 @@ def _erase_and_check(
     method: str | None = None,
 ) -> dict:
     """Request an erasure and check it completed from `serving`, audited, portrait destroyed."""
-    request_id = _post(client, identity, png, method)
+    request_id = post(client, identity, png, method)
     body = wait_for_request(client, request_id, 180)
 
     assert body["status"] == "completed", body
@@ -112,10 +42,10 @@ def _erase_and_check(
     cited = body["audit"]["run"]["calibrated_efficacy"]
     assert cited["trials"] == settings.efficacy_trials and cited["config"]
     assert "simulated single-portrait erasures" in efficacy_summary(body)
-    versions = _versions(client)
-    new = versions[body["result_version"]["version"]]
+    known = versions(client)
+    new = known[body["result_version"]["version"]]
     assert new["parent_version"] == serving["version"]
-    assert "serving" in new["aliases"] and "serving" not in versions[serving["version"]]["aliases"]
+    assert "serving" in new["aliases"] and "serving" not in known[serving["version"]]["aliases"]
 
     with session_scope(settings) as session:
         row = session.get(DeletionRequest, request_id)
@@ -131,15 +61,15 @@ def test_erasure_over_http_with_a_real_worker(service_settings, tiny_checkpoint:
     settings = service_settings.model_copy(
         update={"guardrail_max_score_drop": 100.0, "checkpoint_dirs": [tiny_checkpoint.parent]}
     )
-    (identity, png), *others = _portraits(tiny_checkpoint, 3)
-    with _service(settings) as (_, client):
-        first = _register(client, tiny_checkpoint)
+    (identity, png), *others = portraits(tiny_checkpoint, 3)
+    with service(settings) as (_, client):
+        first = register(client, tiny_checkpoint)
         _erase_and_check(client, settings, first, identity, png)
 
         # Two requests at once: coalesced into one job or not, the chain stays linear.
         ids: list[str] = []
         threads = [
-            threading.Thread(target=lambda i=i, p=p: ids.append(_post(client, i, p)))
+            threading.Thread(target=lambda i=i, p=p: ids.append(post(client, i, p)))
             for i, p in others
         ]
         for thread in threads:
@@ -148,10 +78,10 @@ def test_erasure_over_http_with_a_real_worker(service_settings, tiny_checkpoint:
             thread.join()
         finals = [wait_for_request(client, rid, 180) for rid in ids]
         assert [f["status"] for f in finals] == ["completed", "completed"]
-        versions = _versions(client)
-        parents = [v["parent_version"] for v in versions.values()]
-        assert len(parents) == len(set(parents)) and len(versions) in (3, 4)
-        if len(versions) == 3:  # one job: both requests name it and its version
+        known = versions(client)
+        parents = [v["parent_version"] for v in known.values()]
+        assert len(parents) == len(set(parents)) and len(known) in (3, 4)
+        if len(known) == 3:  # one job: both requests name it and its version
             assert finals[0]["batch_id"] == finals[1]["batch_id"]
             assert finals[0]["result_version"] == finals[1]["result_version"]
             assert finals[0]["audit"]["run"]["batch_size"] == 2
@@ -167,11 +97,11 @@ def test_a_burst_of_requests_is_erased_in_batches(service_settings, tiny_checkpo
             "checkpoint_dirs": [tiny_checkpoint.parent],
         }
     )
-    people = _portraits(tiny_checkpoint, 6)
-    with _service(settings) as (_, client):
-        _register(client, tiny_checkpoint)
-        ids = [_post(client, identity, png) for identity, png in people]
-        duplicate = _post(client, *people[0])  # the first person again, still in flight
+    people = portraits(tiny_checkpoint, 6)
+    with service(settings) as (_, client):
+        register(client, tiny_checkpoint)
+        ids = [post(client, identity, png) for identity, png in people]
+        duplicate = post(client, *people[0])  # the first person again, still in flight
         finals = [wait_for_request(client, request_id, 180) for request_id in ids]
         assert [f["status"] for f in finals] == ["completed"] * 6
         jobs = {f["batch_id"] for f in finals}
@@ -185,9 +115,9 @@ def test_a_burst_of_requests_is_erased_in_batches(service_settings, tiny_checkpo
         follower = wait_for_request(client, duplicate, 60)
         assert follower["status"] == "completed" and follower["linked_request_id"] == ids[0]
         assert follower["result_version"] == finals[0]["result_version"]
-        versions = _versions(client)
-        assert len(versions) == 3 and versions[3]["erased_identities"] == 6
-        assert "serving" in versions[3]["aliases"]
+        known = versions(client)
+        assert len(known) == 3 and known[3]["erased_identities"] == 6
+        assert "serving" in known[3]["aliases"]
 
 
 def test_metaunlearn_erasure_with_prepared_artifacts(
@@ -203,15 +133,15 @@ def test_metaunlearn_erasure_with_prepared_artifacts(
             "method_options": {"metaunlearn": {"meta_epochs": 1, "max_requests_per_epoch": 2}},
         }
     )
-    (identity, png), *_ = _portraits(tiny_checkpoint, 1)
-    with _service(settings) as (_, client):
-        first = _register(client, tiny_checkpoint)
+    (identity, png), *_ = portraits(tiny_checkpoint, 1)
+    with service(settings) as (_, client):
+        first = register(client, tiny_checkpoint)
         body = _erase_and_check(client, settings, first, identity, png, "metaunlearn")
 
         assert body["method"] == "metaunlearn"
         assert body["audit"]["run"]["method"] == "metaunlearn"
         assert body["audit"]["run"]["config"]["max_requests_per_epoch"] == 2
-        new = _versions(client)[body["result_version"]["version"]]
+        new = versions(client)[body["result_version"]["version"]]
         assert new["method"] == "metaunlearn"
 
 
@@ -228,9 +158,9 @@ def test_the_shipped_default_method_erases_with_its_prepared_probe(
         }
     )
     assert settings.default_method == "stranger" and settings.prepare_methods == ["stranger"]
-    (identity, png), *_ = _portraits(tiny_checkpoint, 1)
-    with _service(settings) as (_, client):
-        first = _register(client, tiny_checkpoint)
+    (identity, png), *_ = portraits(tiny_checkpoint, 1)
+    with service(settings) as (_, client):
+        first = register(client, tiny_checkpoint)
         assert "stranger" in first["efficacy"]["methods"]
         body = _erase_and_check(client, settings, first, identity, png)  # no method named
 
@@ -246,12 +176,12 @@ def test_a_running_benchmark_does_not_delay_an_erasure(
     settings = service_settings.model_copy(
         update={"guardrail_max_score_drop": 100.0, "checkpoint_dirs": [tiny_checkpoint.parent]}
     )
-    (identity, png), *_ = _portraits(tiny_checkpoint, 1)
+    (identity, png), *_ = portraits(tiny_checkpoint, 1)
     # minutes of work on the maintenance worker (it used to hold the only worker for all of it)
     long_run = {"synth_identities": 40, "image_size": 32, "epochs": 30, "requests": [3],
                 "seeds": list(range(10)), "methods": ["jit"], "rmia": False}  # fmt: skip
-    with _service(settings) as (_, client):
-        _register(client, tiny_checkpoint)
+    with service(settings) as (_, client):
+        register(client, tiny_checkpoint)
         admin = {"X-API-Key": keys_create("bench", ["benchmarks:admin"], settings)}
         created = client.post("/admin/benchmarks", json=long_run, headers=admin)
         assert created.status_code == 202, created.text
@@ -261,7 +191,7 @@ def test_a_running_benchmark_does_not_delay_an_erasure(
             assert time.monotonic() < deadline, "the benchmark never started"
             time.sleep(0.2)
 
-        body = wait_for_request(client, _post(client, identity, png), 120)
+        body = wait_for_request(client, post(client, identity, png), 120)
         assert body["status"] == "completed", body
         assert client.get(run, headers=admin).json()["status"] == "running"  # it did not wait
 
@@ -278,10 +208,10 @@ def test_worker_killed_mid_job_is_recovered(service_settings, tiny_checkpoint: P
             "model_lock_seconds": 6.0,
         }
     )
-    (identity, png), *_ = _portraits(tiny_checkpoint, 1)
-    with _service(settings) as (services, client):
-        _register(client, tiny_checkpoint)
-        request_id = _post(client, identity, png)
+    (identity, png), *_ = portraits(tiny_checkpoint, 1)
+    with service(settings) as (services, client):
+        register(client, tiny_checkpoint)
+        request_id = post(client, identity, png)
         deadline = time.monotonic() + 120
         while client.get(f"/deletion-requests/{request_id}").json()["status"] != "running":
             assert time.monotonic() < deadline, "the job never started"
