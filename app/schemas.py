@@ -158,7 +158,8 @@ class ModelVersionOut(BaseModel):
         default_factory=dict,
         description="Calibrated efficacy on the artifacts' version: per method, simulated "
         "single-portrait erasures' membership score before/after against the non-member level, "
-        "the identities' task score before/after and the audit-set drop.",
+        "the identities' task score before/after and the audit-set drop; and "
+        "`portrait_verification`, the portrait verifier's threshold and what it was set on.",
     )
     purged_at: datetime | None = Field(
         default=None, description="Weights and artifacts removed by retention; metadata kept."

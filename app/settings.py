@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     # membership gap a method must close on them to serve production requests (None: no floor).
     efficacy_trials: int = Field(default=20, ge=0, le=1000)
     efficacy_floor: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Onboarding trains a portrait verifier (models/verification.py) and an erasure whose
+    # portrait does not match the identity it names is rejected (`portrait_mismatch`).
+    # `verifier_options` overrides its VerifierConfig fields (e.g. {"epochs": 8}).
+    verify_portraits: bool = True
+    verifier_options: dict[str, Any] = Field(default_factory=dict)
     # torch intra-op threads of each computing process (worker, benchmark, demo). Default: the
     # usable cores divided by `compute_processes`, the torch processes that run at once here.
     torch_threads: int | None = Field(default=None, ge=1)

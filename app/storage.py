@@ -20,6 +20,7 @@ from app.blobs import BlobStore, LocalBlobStore
 from app.settings import Settings, get_settings
 
 PORTRAITS = "portraits"
+REFERENCES = "references"
 
 
 def file_sha256(path: Path) -> str:
@@ -132,6 +133,35 @@ class PortraitVault:
         return self.blobs.remove_partial_writes(PORTRAITS, older_than)
 
 
+class ReferenceVault:
+    """Encrypted per-identity reference embeddings of one verifier, named by the keyed identity
+    hash: a reference is a biometric template, so it is kept like a portrait and deleted with
+    the person's erasure."""
+
+    def __init__(self, blobs: BlobStore, key: bytes, verifier_sha256: str) -> None:
+        self.blobs = blobs
+        self.fernet = Fernet(key)
+        self.prefix = f"{REFERENCES}/{_check_sha(verifier_sha256)}"
+
+    def _key(self, identity_hash: str) -> str:
+        return f"{self.prefix}/{_check_sha(identity_hash)}"
+
+    def put(self, identity_hash: str, data: bytes) -> None:
+        """Encrypt and store one identity's reference."""
+        self.blobs.write(self._key(identity_hash), self.fernet.encrypt(data))
+
+    def read(self, identity_hash: str) -> bytes | None:
+        """One identity's reference, or None when it has none (never had, or erased)."""
+        key = self._key(identity_hash)
+        if not self.blobs.exists(key):
+            return None
+        return self.fernet.decrypt(self.blobs.read(key))
+
+    def delete(self, identity_hash: str) -> None:
+        """Delete one identity's reference (idempotent)."""
+        self.blobs.delete(self._key(identity_hash))
+
+
 def storage_key(settings: Settings) -> bytes:
     """The Fernet key: configured, or derived from the identity secret for the embedded default."""
     if settings.storage_key:
@@ -148,6 +178,12 @@ def blob_store(settings: Settings | None = None) -> BlobStore:
 def artifact_store(settings: Settings | None = None) -> ArtifactStore:
     """The configured artifact store."""
     return ArtifactStore(blob_store(settings))
+
+
+def reference_vault(verifier_sha256: str, settings: Settings | None = None) -> ReferenceVault:
+    """The references of the verifier stored as `verifier_sha256`."""
+    settings = settings or get_settings()
+    return ReferenceVault(blob_store(settings), storage_key(settings), verifier_sha256)
 
 
 def portrait_vault(settings: Settings | None = None) -> PortraitVault:

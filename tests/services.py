@@ -213,6 +213,9 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         # default (Stranger, prepared) has its own tests (test_service_integration.py)
         "default_method": "jit",
         "prepare_methods": [],
+        # the portrait verifier trains an embedder at each onboarding; its tests turn it on
+        # (tests/test_verification.py, tests/jobs/test_verify_job.py)
+        "verify_portraits": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]

@@ -212,8 +212,9 @@ def ensure_demo_checkpoint(settings: Settings, epochs: int | None = None) -> Pat
     return path
 
 
-def demo_portrait(checkpoint: Path) -> tuple[str, bytes]:
-    """A training identity of the checkpoint and a new PNG portrait of that person."""
+def demo_portrait(checkpoint: Path, person: int = 0) -> tuple[str, bytes]:
+    """A training identity of the checkpoint (the `person`-th retained one) and a new PNG
+    portrait of that person."""
     from PIL import Image
 
     from models.data.synthfaces import SynthFaces, SynthFacesConfig
@@ -223,7 +224,7 @@ def demo_portrait(checkpoint: Path) -> tuple[str, bytes]:
     spec = ckpt.config["dataset"]
     size = {} if spec.get("num_identities") is None else {"num_identities": spec["num_identities"]}
     faces = SynthFaces(SynthFacesConfig(image_size=spec["image_size"], seed=spec["seed"], **size))
-    identity = ckpt.splits["retain"][0]
+    identity = ckpt.splits["retain"][person]
     pixels = faces.portrait(identity).permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
@@ -278,16 +279,30 @@ def demo(settings: Settings, epochs: int | None = None, timeout: float = 1800) -
             version = wait_for_ready_version(client, name, timeout)
             if version["status"] != "ready":
                 raise RuntimeError(f"model preparation failed: {json.dumps(version)}")
-            response = client.post(
-                "/deletion-requests",
-                data={"identity_id": identity, "model": name},
-                files={"portrait": ("portrait.png", portrait, "image/png")},
-            )
-            response.raise_for_status()
-            result = wait_for_request(client, response.json()["id"], timeout)
+            if (version.get("efficacy") or {}).get("portrait_verification"):
+                # someone else's face sent in the person's name: the verifier refuses it
+                _, stranger = demo_portrait(checkpoint, person=1)
+                refused = submit(client, name, identity, stranger, timeout)
+                error = (refused.get("error") or {}).get("code")
+                print(f"lethe demo: another person's portrait sent for {identity}: "
+                      f"{refused['status']} ({error})", file=sys.stderr)  # fmt: skip
+            result = submit(client, name, identity, portrait, timeout)
             if result["status"] == "needs_review":
                 result = approve(client, name, result, timeout)
             return result
+
+
+def submit(
+    client: httpx.Client, model: str, identity: str, portrait: bytes, timeout: float
+) -> dict[str, Any]:
+    """Post a deletion request and wait until it ends; its JSON."""
+    response = client.post(
+        "/deletion-requests",
+        data={"identity_id": identity, "model": model},
+        files={"portrait": ("portrait.png", portrait, "image/png")},
+    )
+    response.raise_for_status()
+    return wait_for_request(client, response.json()["id"], timeout)
 
 
 def efficacy_summary(request: dict[str, Any]) -> str:

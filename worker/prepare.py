@@ -41,6 +41,7 @@ from models.protocol import model_from_checkpoint
 from models.train.checkpoint import Checkpoint, load_checkpoint
 from worker.audit_kit import AuditKit, build_audit_kit, store_audit_kit
 from worker.efficacy import EFFICACY_KIND, Calibration, pick_trials
+from worker.verify import VERIFIER_KEY, build_verifier
 from worker.versions import METHOD_KIND, task_spec
 
 log = logging.getLogger(__name__)
@@ -247,15 +248,21 @@ def build_artifacts(
         settings, store, model, inputs, checkpoint.arch, report, 3, total
     )
     artifacts |= stored
-    report("efficacy", total - 1, total)
+    report("efficacy", total - 1 - settings.verify_portraits, total)
     usable = {name: prepared.get(name, {}) for name in usable_methods(artifacts)}
     efficacy = calibrate_efficacy(settings, model, inputs, kit, checkpoint.arch, usable)
+    if settings.verify_portraits:
+        report("verifier", total - 1, total)
+        artifacts[VERIFIER_KEY], efficacy["portrait_verification"] = build_verifier(
+            settings, store, data, indices.train
+        )
     return artifacts, efficacy, total
 
 
 def steps_total(settings: Settings) -> int:
-    """Preparation's steps: validating, identity index, audit kit, each method, efficacy."""
-    return 4 + len(preparable_methods(settings))
+    """Preparation's steps: validating, identity index, audit kit, each method, efficacy and
+    the portrait verifier."""
+    return 4 + len(preparable_methods(settings)) + settings.verify_portraits
 
 
 def compute(

@@ -50,14 +50,20 @@ def fence(
 
 
 def fail(
-    session: Session, request: DeletionRequest, actor: str, code: str, message: str
+    session: Session,
+    request: DeletionRequest,
+    actor: str,
+    code: str,
+    message: str,
+    status: RequestStatus = RequestStatus.failed,
 ) -> str | None:
-    """Fail the request with its error; returns the portrait URI to destroy after commit."""
-    transition(session, request, RequestStatus.failed, actor, f"{code}: {message}"[:2000])
+    """End the request `failed` (or `rejected`) with its error; returns the portrait URI to
+    destroy after commit. Requests that followed it are released to run on their own."""
+    transition(session, request, status, actor, f"{code}: {message}"[:2000])
     request.error_code = code
     request.error_message = message[:4000]
     uri, request.portrait_uri = request.portrait_uri, None
-    release_followers(session, request.id, actor, "the request it followed failed")
+    release_followers(session, request.id, actor, f"the request it followed was {status.value}")
     return uri
 
 

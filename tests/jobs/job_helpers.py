@@ -57,9 +57,15 @@ def portrait_png(identity: str) -> bytes:
 
 
 def seed_request(
-    settings: Settings, identity: str, method: str = "jit", *, queued: bool = True
+    settings: Settings,
+    identity: str,
+    method: str = "jit",
+    *,
+    queued: bool = True,
+    portrait: bytes | None = None,
 ) -> str:
-    """A queued deletion request with an encrypted portrait, as the API would record it.
+    """A queued deletion request with an encrypted portrait (default: a new photo of
+    `identity`), as the API would record it.
 
     `queued=False` leaves it `received`, as an API that died before queuing it would.
     """
@@ -73,7 +79,7 @@ def seed_request(
         )
         session.add(client)
         session.flush()
-        digest, uri = portrait_vault(settings).put(portrait_png(identity))
+        digest, uri = portrait_vault(settings).put(portrait or portrait_png(identity))
         request = DeletionRequest(
             client_id=client.id,
             model_id=model.id,

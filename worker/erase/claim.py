@@ -21,6 +21,7 @@ from app.storage import PortraitVault
 from app.tables import DeletionRequest, RegisteredModel, RequestStatus, utcnow
 from worker.erase.vocabulary import ACTOR, Busy, Job, Member, Outcome
 from worker.request_state import fail, fence, requeue
+from worker.verify import MISMATCH, MISMATCH_MESSAGE
 
 WAIT_POLL_SECONDS = 0.1
 
@@ -236,6 +237,25 @@ def fail_unreadable(
         session.commit()
     destroy(vault, *uris)
     return job.without(set(unreadable))
+
+
+def reject_mismatched(
+    factory: sessionmaker[Session], vault: PortraitVault, job: Job, mismatched: set[str]
+) -> Job:
+    """Reject the members whose portrait does not match their identity; the job without them.
+
+    The message says no more than that: a similarity score would guide a forger."""
+    if not mismatched:
+        return job
+    rejecting = job.without(set(job.request_ids) - mismatched)
+    with factory() as session:
+        uris = [
+            fail(session, request, ACTOR, MISMATCH, MISMATCH_MESSAGE, RequestStatus.rejected)
+            for request in fenced(session, rejecting) or []
+        ]
+        session.commit()
+    destroy(vault, *uris)
+    return job.without(mismatched)
 
 
 def finish_failed(

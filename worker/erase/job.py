@@ -12,16 +12,47 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_factory
 from app.settings import Settings
-from app.storage import portrait_vault
+from app.storage import PortraitVault, portrait_vault
 from app.tables import TERMINAL, DeletionRequest, RequestStatus
 from worker import lease
 from worker.erase import claim, record, run
-from worker.erase.vocabulary import Busy, JobError, Outcome
+from worker.erase.vocabulary import Busy, Job, JobError, Outcome, stage
+from worker.verify import MISMATCH, VERIFIER_KEY, check_portraits
 
 log = logging.getLogger(__name__)
+
+
+def _verified(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    vault: PortraitVault,
+    job: Job,
+    images: list[torch.Tensor],
+) -> tuple[Job, list[torch.Tensor], dict[str, Any]]:
+    """Reject the members whose portrait does not show their identity; the job and portraits
+    that remain, and what the audit records of the check."""
+    members = [(m.request_id, m.identity_hash) for m in job.members]
+    with stage("verification_error"):
+        checks = check_portraits(settings, job.parent_artifacts, members, images)
+    if checks is None:
+        return job, images, {"checked": False, "note": "the version has no portrait verifier"}
+    matched = [c.matched for c in checks]
+    kept = [image for image, ok in zip(images, matched, strict=True) if ok]
+    job = claim.reject_mismatched(
+        factory, vault, job, {c.request_id for c in checks if not c.matched}
+    )
+    return (
+        job,
+        kept,
+        {"checked": True, "matched": True, "verifier": job.parent_artifacts[VERIFIER_KEY]},
+    )
 
 
 def erase_request(settings: Settings, request_id: str, task_id: str | None = None) -> Outcome:
@@ -72,7 +103,11 @@ def erase_request(settings: Settings, request_id: str, task_id: str | None = Non
                 if not job.members:
                     failed = RequestStatus.failed.value
                     return Outcome(request_id, failed, None, "portrait_unreadable")
+                job, images, verified = _verified(settings, factory, vault, job, images)
+                if not job.members:
+                    return Outcome(request_id, RequestStatus.rejected.value, None, MISMATCH)
                 result = run.run_erasure(settings, job, images)
+                result.run["portrait_verification"] = verified
         except JobError as exc:
             log.warning("erasure job %s failed: %s", job.batch_id, exc)
             return claim.finish_failed(factory, vault, job, exc.code, exc.message)

@@ -26,6 +26,7 @@ from worker.audit import delta
 from worker.erase.claim import destroy, fenced, requeue_batch
 from worker.erase.promotion import decide
 from worker.erase.vocabulary import ACTOR, Job, Outcome, Result
+from worker.verify import delete_references
 from worker.versions import LoadedVersion, remember, version_key
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ def record(
             ),
         }
         task = result.parent.task
+        erased = [request.identity_hash for request in requests]
         uris: list[str | None] = []
         for index, request in enumerate(requests):
             session.add(
@@ -132,6 +134,8 @@ def record(
         session.commit()
         version_id, number = version.id, version.version
     destroy(vault, *uris)
+    if verdict.promote:  # the serving version no longer knows them: neither does the verifier
+        delete_references(settings, job.parent_artifacts, erased)
     try:
         refresh_if_due(settings, job.model_id)
     except Exception:
