@@ -31,7 +31,7 @@ from models.verification import (
 )
 
 VERIFIER_KEY = "verifier"  # in a version's artifacts
-VERIFIER_KIND = "verifier"  # artifact-store folder
+VERIFIER_FOLDER = "verifier"  # artifact-store folder
 MISMATCH = "portrait_mismatch"
 MISMATCH_MESSAGE = (
     "the portrait does not match the person this request names closely enough to erase them"
@@ -50,7 +50,7 @@ def build_verifier(
     cfg = VerifierConfig(**settings.verifier_options)
     identities = [data.identities[r] for r in rows]
     verifier = train_verifier(data.load_image, list(rows), identities, cfg, report)
-    sha = store.put_bytes(VERIFIER_KIND, save_embedder(verifier))
+    sha = store.put_bytes(VERIFIER_FOLDER, save_embedder(verifier))
     vault = reference_vault(sha, settings)
     for identity, reference in verifier.references.items():
         vault.put(identity_hash(identity, settings), reference_bytes(reference))
@@ -70,7 +70,7 @@ def _embedder(settings: Settings, sha: str) -> tuple[IdentityEmbedder, Calibrati
     if key not in _loaded:
         if len(_loaded) >= 4:
             _loaded.clear()
-        _loaded[key] = load_embedder(artifact_store(settings).read(VERIFIER_KIND, sha))
+        _loaded[key] = load_embedder(artifact_store(settings).read(VERIFIER_FOLDER, sha))
     return _loaded[key]
 
 
