@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.settings import Settings, get_settings
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+POOL_SIZE = 16  # connections each process keeps open to PostgreSQL
 
 
 def make_engine(url: str) -> Engine:
@@ -35,7 +36,11 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    # A pool as large as the API's usual concurrency: with the default 5, every connection
+    # past the fifth was closed on return and opened again (a server process forked) per request.
+    return create_engine(
+        url, pool_pre_ping=True, hide_parameters=True, pool_size=POOL_SIZE, max_overflow=POOL_SIZE
+    )
 
 
 @lru_cache

@@ -41,7 +41,6 @@ _CODES = (
     ErrorCode(413, "portrait_too_many_pixels", "The portrait exceeds the maximum pixel count."),
     ErrorCode(422, "identity_missing", "`identity_id` is missing or empty."),
     ErrorCode(422, "identity_too_long", "`identity_id` exceeds the maximum length."),
-    ErrorCode(422, "identity_unknown", "The identity is not a training identity of the model."),
     ErrorCode(422, "idempotency_key_invalid", "`Idempotency-Key` is empty or too long."),
     ErrorCode(409, "idempotency_key_reused", "`Idempotency-Key` was used with another body."),
     ErrorCode(404, "model_not_found", "No registered model has this name."),

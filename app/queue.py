@@ -10,6 +10,7 @@ import base64
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -80,6 +81,25 @@ def send(task: str, *args: object, task_id: str | None = None) -> str:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
     return celery_app.send_task(task, args=list(args), task_id=task_id).id
+
+
+def new_task_id() -> str:
+    """A fresh task id, for a row to record before its message is sent."""
+    return str(uuid.uuid4())
+
+
+def send_recorded(task: str, *args: object, task_id: str | None) -> bool:
+    """Send `task` under the id its already committed row holds; False if the broker refused.
+
+    The row is committed first, so a lost message leaves a row the sweeper re-sends (its task id
+    is in no broker and held by no worker), never a job without a row.
+    """
+    try:
+        send(task, *args, task_id=task_id)
+    except Exception:
+        log.exception("could not send %s%s; the sweeper will re-send it", task, list(args))
+        return False
+    return True
 
 
 class TaskHolder(Protocol):

@@ -54,9 +54,12 @@ class Settings(BaseSettings):
     max_portrait_bytes: int = 5 * 1024 * 1024
     max_portrait_pixels: int = 4096 * 4096
     # Portraits are kept (encrypted, until the request ends) at most this many pixels on a side:
-    # the models read 64–224 px, and a full-resolution PNG grew a 1 MB JPEG 25-fold in the vault
-    max_stored_portrait_side: int = Field(default=512, ge=64, le=4096)
+    # the models and the verifier read 64–224 px, and a full-resolution PNG grew a 1 MB JPEG
+    # 25-fold in the vault
+    max_stored_portrait_side: int = Field(default=256, ge=64, le=4096)
     max_identity_length: int = 128
+    # Threads each API process runs routes on (requests beyond them wait their turn)
+    api_threads: int = Field(default=4, ge=1, le=256)
     # Deletion requests one client may submit per minute and per day (0: no limit); beyond
     # either the API answers 429 `rate_limited` with `Retry-After`
     client_requests_per_minute: int = Field(default=600, ge=0)

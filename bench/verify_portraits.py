@@ -87,7 +87,7 @@ def main() -> None:
     print(f"config: {asdict(cfg)}")
     print(f"{args.identities} people, {len(data.keys)} photos at {size} px; "
           f"training and calibration took {seconds:.0f} s")  # fmt: skip
-    print(f"threshold {t:.4f}: set for {cal.far:.0%} false accepts on {cal.genuine} held-out "
+    print(f"threshold {t:.4f}: set for {cal.far:.2%} false accepts on {cal.genuine} held-out "
           f"photos ({cal.false_reject_rate:.1%} of them rejected)")  # fmt: skip
     print(f"false rejects, own new portrait:         {rate(genuine < t)}")
     print(f"false accepts, another trained person:   {rate(impostor >= t)}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -107,7 +106,7 @@ def _swap_task_id(
     The old message, if it still exists, then finds a task id that is not its own and does
     nothing. Returns the new id, or None when the row moved on meanwhile.
     """
-    new_id = str(uuid.uuid4())
+    new_id = queue.new_task_id()
     same_task = table.task_id.is_(None) if row.task_id is None else table.task_id == row.task_id
     swapped = session.execute(
         update(table)
@@ -202,7 +201,7 @@ def _recover_received(
             ACTOR,
             "recovered: stranded before it was queued",
         )
-        new_id = str(uuid.uuid4()) if request.linked_request_id is None else None
+        new_id = queue.new_task_id() if request.linked_request_id is None else None
         request.task_id = new_id
         session.commit()
         if new_id is not None:
@@ -240,7 +239,7 @@ def _requeue_dead(
         uri = requeue(
             session, fresh, ACTOR, "its job stopped holding the model lease", settings.requeue_cap
         )
-        new_id = str(uuid.uuid4())
+        new_id = queue.new_task_id()
         if fresh.status == RequestStatus.queued.value:
             fresh.task_id = new_id
         session.commit()

@@ -36,6 +36,10 @@ MISMATCH = "portrait_mismatch"
 MISMATCH_MESSAGE = (
     "the portrait does not match the person this request names closely enough to erase them"
 )
+# only where a version has no verifier: with one, a person the model never saw has no
+# reference, and their request is rejected as a mismatch like any wrong portrait
+UNKNOWN = "identity_unknown"
+UNKNOWN_MESSAGE = "the model was not trained on the person this request names"
 
 
 def build_verifier(

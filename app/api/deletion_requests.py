@@ -155,7 +155,6 @@ def _detail(session: Session, viewer: ApiClient, request: DeletionRequest) -> De
         "portrait_too_many_pixels",
         "identity_missing",
         "identity_too_long",
-        "identity_unknown",
         "idempotency_key_invalid",
         "idempotency_key_reused",
         "model_not_found",

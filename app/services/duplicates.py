@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from app.services.lifecycle import transition
@@ -38,6 +38,22 @@ class Plan:
     follows: DeletionRequest | None = None
 
 
+def lock_identity(session: Session, model: RegisteredModel, identity: str) -> None:
+    """Hold, until the transaction ends, the turn to plan a request for `identity` on `model`.
+
+    Two submissions for one person then cannot both miss each other between the in-flight check
+    and their commit, while submissions for different people never wait for each other. A no-op
+    on SQLite, which has one writer at a time anyway.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    # the two-integer key space of advisory locks, apart from the one-bigint keys used elsewhere
+    person = int(identity[:8], 16) - 2**31
+    session.execute(
+        select(func.pg_advisory_xact_lock(cast(model.id, Integer), cast(person, Integer)))
+    )
+
+
 def in_flight(session: Session, model: RegisteredModel, identity: str) -> DeletionRequest | None:
     """The unfinished request erasing `identity` from `model` (the one others follow), if any."""
     found = session.scalar(
@@ -54,9 +70,7 @@ def in_flight(session: Session, model: RegisteredModel, identity: str) -> Deleti
     return found
 
 
-def plan(
-    session: Session, model: RegisteredModel, serving: ModelVersion, identity: str
-) -> Plan:
+def plan(session: Session, model: RegisteredModel, serving: ModelVersion, identity: str) -> Plan:
     """How a request for `identity` on `model` (whose serving version is `serving`) proceeds.
 
     Already forgotten by the serving version: complete now, no portrait kept, no job. Already in

@@ -43,6 +43,21 @@ def serving_version(session: Session, model: RegisteredModel) -> ModelVersion | 
     return None if alias is None else session.get(ModelVersion, alias.version_id)
 
 
+def model_and_serving(
+    session: Session, name: str
+) -> tuple[RegisteredModel | None, ModelVersion | None]:
+    """The model called `name` and its serving version, in one query (the submission path's)."""
+    if not storable(name):
+        return None, None
+    row = session.execute(
+        select(RegisteredModel, ModelVersion)
+        .outerjoin(Alias, (Alias.model_id == RegisteredModel.id) & (Alias.name == SERVING))
+        .outerjoin(ModelVersion, ModelVersion.id == Alias.version_id)
+        .where(RegisteredModel.name == name)
+    ).first()
+    return (None, None) if row is None else (row[0], row[1])
+
+
 def usable(version: ModelVersion | None) -> bool:
     """Whether `version` exists, is ready and is not purged."""
     return (

@@ -75,9 +75,12 @@ def validate_portrait(raw: bytes, settings: Settings) -> Portrait:
         raise ApiError.of("portrait_not_an_image", "the portrait has no pixels")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay false in the API")
+    side = settings.max_stored_portrait_side
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # a JPEG decodes straight at 1/2, 1/4 or 1/8 scale when that still covers `side`
+            image.draft("RGB", (side, side))
             image.load()
             normalized = ImageOps.exif_transpose(image).convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -86,7 +89,6 @@ def validate_portrait(raw: bytes, settings: Settings) -> Portrait:
         # Decoders fail in many ways on damaged data (OSError, ValueError, struct.error, ...);
         # once the header parsed, every one of them means the image data is unusable.
         raise ApiError.of("portrait_truncated") from None
-    side = settings.max_stored_portrait_side
     if max(normalized.size) > side:
         normalized.thumbnail((side, side), Image.Resampling.LANCZOS)  # keeps the aspect ratio
     out = io.BytesIO()

@@ -17,7 +17,7 @@ from app.errors import ApiError
 from app.security import identity_hash
 from app.services import duplicates
 from app.services.lifecycle import transition
-from app.services.lookup import find_model, serving_version, storable
+from app.services.lookup import find_model, model_and_serving, storable
 from app.services.pagination import decode_cursor, page
 from app.services.portraits import validate_portrait
 from app.services.quotas import check_request_limits
@@ -27,7 +27,6 @@ from app.storage import portrait_vault
 from app.tables import (
     ApiClient,
     DeletionRequest,
-    ModelIdentity,
     ModelVersion,
     RegisteredModel,
     RequestStatus,
@@ -102,10 +101,9 @@ def _replay(session: Session, client: ApiClient, key: str, fingerprint: str) -> 
 
 def ready_serving(session: Session, name: str) -> tuple[RegisteredModel, ModelVersion]:
     """The model called `name` and its ready serving version (404/409 otherwise)."""
-    model = find_model(session, name)
+    model, version = model_and_serving(session, name)
     if model is None:
         raise ApiError.of("model_not_found", f"no registered model is called {name!r}")
-    version = serving_version(session, model)
     if version is None or version.status != VersionStatus.ready.value:
         raise ApiError.of("model_not_ready", f"model {name!r} has no ready serving version")
     return model, version
@@ -146,12 +144,6 @@ def _check_efficacy(
             f"{version.version}'s simulated erasures; the floor is {floor:.2f}",
             details={"method": method, "gap_closed": measured, "floor": floor},
         )
-
-
-def _check_identity_known(session: Session, model: RegisteredModel, identity: str) -> None:
-    row = session.get(ModelIdentity, (model.id, identity))
-    if row is None:
-        raise ApiError.of("identity_unknown", f"the identity is not one model {model.name!r} knows")
 
 
 def _check_submission(submission: Submission, settings: Settings) -> None:
@@ -214,18 +206,13 @@ def create_request(
     model, version = ready_serving(session, submission.model)
     _check_method(submission.method, version)
     _check_efficacy(session, settings, submission.method, version)
-    # the portrait before the identity: otherwise a bad image would answer 415 for a training
-    # identity and 422 `identity_unknown` for anyone else, a free membership test
+    # Nothing here depends on whether the model knows the identity: an answer that did would
+    # be a free membership test. The erasure job rejects a person the model never saw.
     portrait = validate_portrait(submission.portrait, settings)
-    _check_identity_known(session, model, identity)
 
-    # Submissions for one model take turns from the duplicate check to the commit, so two
-    # requests for one person cannot both miss each other (a no-op on SQLite, which has one
-    # writer at a time anyway).
-    session.execute(
-        select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update()
-    )
+    duplicates.lock_identity(session, model, identity)
     plan = duplicates.plan(session, model, version, identity)
+    runs = not plan.steps  # neither already erased nor following a request in flight
     request = DeletionRequest(
         id=new_id(),
         client_id=client.id,
@@ -237,6 +224,8 @@ def create_request(
         attempts=0,
         linked_request_id=plan.follows.id if plan.follows is not None else None,
         result_version_id=None if plan.store_portrait else version.id,
+        # the id its message will carry, committed with the row: no second commit to record it
+        task_id=queue.new_task_id() if runs else None,
     )
     # `received` and `queued` land in one commit: an API that dies between two commits would
     # leave a `received` row that nothing runs and later requests for the person follow
@@ -256,8 +245,8 @@ def create_request(
         if key is not None and (earlier := _replay(session, client, key, fingerprint)):
             return earlier
         raise
-    if request.status == RequestStatus.queued.value and request.linked_request_id is None:
-        queue.send_after_commit(session, queue.ERASE, request.id, holder=request)
+    if runs:
+        queue.send_recorded(queue.ERASE, request.id, task_id=request.task_id)
     return Created(request, replayed=False)
 
 

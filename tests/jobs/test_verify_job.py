@@ -13,6 +13,7 @@ from job_helpers import (
     SPEC,
     load_request,
     onboard,
+    portrait_png,
     portrait_uri_of,
     seed_request,
     session_for,
@@ -27,7 +28,7 @@ from app.storage import portrait_vault, reference_vault
 from app.tables import ModelVersion
 from models.data.registry import load_dataset
 from worker.erase import erase_request
-from worker.verify import MISMATCH, VERIFIER_KEY
+from worker.verify import MISMATCH, UNKNOWN, VERIFIER_KEY
 
 SMALL_VERIFIER = {
     "image_size": 64,
@@ -75,16 +76,24 @@ def test_a_gray_portrait_is_rejected_and_the_person_stays_verifiable(
     assert reference_vault(sha, verified).read(person) is not None
     gray = _png(np.full((32, 32, 3), 128, dtype=np.uint8))
     request_id = seed_request(verified, train_ids[0], portrait=gray)
-    uri = portrait_uri_of(verified, request_id)
+    # a real training photo, in the name of someone the model never saw: refused alike, so the
+    # outcome tells nobody whether a name was in the training data
+    stranger_id = seed_request(verified, "never-trained", portrait=_training_photo(train_ids[1]))
+    uris = [portrait_uri_of(verified, r) for r in (request_id, stranger_id)]
 
-    outcome = erase_request(verified, request_id)
+    outcomes = [erase_request(verified, r) for r in (request_id, stranger_id)]
 
-    assert outcome.status == "rejected" and outcome.detail == MISMATCH
-    request = load_request(verified, request_id)
-    assert statuses(request) == ["received", "queued", "running", "rejected"]
-    assert request.error_code == MISMATCH and "score" not in (request.error_message or "")
-    assert request.portrait_uri is None and not portrait_vault(verified).exists(uri)
-    assert request.result_version_id is None and len(_versions(verified)) == 1
+    assert all(o.status == "rejected" and o.detail == MISMATCH for o in outcomes)
+    for rid, uri in zip((request_id, stranger_id), uris, strict=True):
+        request = load_request(verified, rid)
+        assert statuses(request) == ["received", "queued", "running", "rejected"]
+        assert request.error_code == MISMATCH and "score" not in (request.error_message or "")
+        assert request.portrait_uri is None and not portrait_vault(verified).exists(uri)
+        assert request.result_version_id is None
+    assert load_request(verified, request_id).error_message == (
+        load_request(verified, stranger_id).error_message
+    )
+    assert len(_versions(verified)) == 1
     assert reference_vault(sha, verified).read(person) is not None  # nobody was erased
 
 
@@ -111,6 +120,15 @@ def test_a_version_without_a_verifier_says_so_in_the_audit(
 ) -> None:
     onboard(settings, checkpoint)  # verify_portraits off
     request_id = seed_request(settings, train_ids[0])
+    # without a verifier the job itself refuses a person the model never saw (the API cannot:
+    # its answer would tell who was in the training data)
+    stranger_id = seed_request(settings, "never-trained", portrait=portrait_png(train_ids[1]))
+    uri = portrait_uri_of(settings, stranger_id)
     assert erase_request(settings, request_id).status == "completed"
+    assert erase_request(settings, stranger_id).detail == UNKNOWN
     check = load_request(settings, request_id).audit.run["portrait_verification"]
     assert check["checked"] is False
+    stranger = load_request(settings, stranger_id)
+    assert stranger.status == "rejected" and stranger.error_code == UNKNOWN
+    assert stranger.portrait_uri is None and not portrait_vault(settings).exists(uri)
+    assert stranger.result_version_id is None

@@ -21,7 +21,6 @@ from app.storage import PortraitVault
 from app.tables import DeletionRequest, RegisteredModel, RequestStatus, utcnow
 from worker.erase.vocabulary import ACTOR, Busy, Job, Member, Outcome
 from worker.request_state import fail, fence, requeue
-from worker.verify import MISMATCH, MISMATCH_MESSAGE
 
 WAIT_POLL_SECONDS = 0.1
 
@@ -239,23 +238,28 @@ def fail_unreadable(
     return job.without(set(unreadable))
 
 
-def reject_mismatched(
-    factory: sessionmaker[Session], vault: PortraitVault, job: Job, mismatched: set[str]
+def reject(
+    factory: sessionmaker[Session],
+    vault: PortraitVault,
+    job: Job,
+    refused: set[str],
+    code: str,
+    message: str,
 ) -> Job:
-    """Reject the members whose portrait does not match their identity; the job without them.
+    """Reject the members `refused` with `code` and keep nothing of them; the job without them.
 
-    The message says no more than that: a similarity score would guide a forger."""
-    if not mismatched:
+    The message says no more than the code: a similarity score would guide a forger."""
+    if not refused:
         return job
-    rejecting = job.without(set(job.request_ids) - mismatched)
+    rejecting = job.without(set(job.request_ids) - refused)
     with factory() as session:
         uris = [
-            fail(session, request, ACTOR, MISMATCH, MISMATCH_MESSAGE, RequestStatus.rejected)
+            fail(session, request, ACTOR, code, message, RequestStatus.rejected)
             for request in fenced(session, rejecting) or []
         ]
         session.commit()
     destroy(vault, *uris)
-    return job.without(mismatched)
+    return job.without(refused)
 
 
 def finish_failed(

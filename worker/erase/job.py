@@ -15,18 +15,41 @@ import time
 from typing import Any
 
 import torch
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_factory
 from app.settings import Settings
 from app.storage import PortraitVault, portrait_vault
-from app.tables import TERMINAL, DeletionRequest, RequestStatus
+from app.tables import TERMINAL, DeletionRequest, ModelIdentity, RequestStatus
 from worker import lease
 from worker.erase import claim, record, run
 from worker.erase.vocabulary import Busy, Job, JobError, Outcome, stage
-from worker.verify import MISMATCH, VERIFIER_KEY, check_portraits
+from worker.verify import (
+    MISMATCH,
+    MISMATCH_MESSAGE,
+    UNKNOWN,
+    UNKNOWN_MESSAGE,
+    VERIFIER_KEY,
+    check_portraits,
+)
 
 log = logging.getLogger(__name__)
+
+
+def _known(factory: sessionmaker[Session], job: Job) -> set[str]:
+    """The members' request ids whose identity is a training identity of the job's model."""
+    hashes = {m.identity_hash for m in job.members}
+    with factory() as session:
+        found = set(
+            session.scalars(
+                select(ModelIdentity.identity_hash).where(
+                    ModelIdentity.model_id == job.model_id,
+                    ModelIdentity.identity_hash.in_(hashes),
+                )
+            )
+        )
+    return {m.request_id for m in job.members if m.identity_hash in found}
 
 
 def _verified(
@@ -36,18 +59,23 @@ def _verified(
     job: Job,
     images: list[torch.Tensor],
 ) -> tuple[Job, list[torch.Tensor], dict[str, Any]]:
-    """Reject the members whose portrait does not show their identity; the job and portraits
-    that remain, and what the audit records of the check."""
+    """Reject the members whose portrait does not show their identity (or, with no verifier,
+    whose identity the model never saw); the job and portraits that remain, and what the audit
+    records of the check."""
     members = [(m.request_id, m.identity_hash) for m in job.members]
     with stage("verification_error"):
         checks = check_portraits(settings, job.parent_artifacts, members, images)
     if checks is None:
-        return job, images, {"checked": False, "note": "the version has no portrait verifier"}
+        known = _known(factory, job)
+        pairs = zip(images, job.members, strict=True)
+        kept = [image for image, member in pairs if member.request_id in known]
+        unknown = set(job.request_ids) - known
+        job = claim.reject(factory, vault, job, unknown, UNKNOWN, UNKNOWN_MESSAGE)
+        return job, kept, {"checked": False, "note": "the version has no portrait verifier"}
     matched = [c.matched for c in checks]
     kept = [image for image, ok in zip(images, matched, strict=True) if ok]
-    job = claim.reject_mismatched(
-        factory, vault, job, {c.request_id for c in checks if not c.matched}
-    )
+    mismatched = {c.request_id for c in checks if not c.matched}
+    job = claim.reject(factory, vault, job, mismatched, MISMATCH, MISMATCH_MESSAGE)
     return (
         job,
         kept,
@@ -105,7 +133,8 @@ def erase_request(settings: Settings, request_id: str, task_id: str | None = Non
                     return Outcome(request_id, failed, None, "portrait_unreadable")
                 job, images, verified = _verified(settings, factory, vault, job, images)
                 if not job.members:
-                    return Outcome(request_id, RequestStatus.rejected.value, None, MISMATCH)
+                    code = MISMATCH if verified["checked"] else UNKNOWN
+                    return Outcome(request_id, RequestStatus.rejected.value, None, code)
                 result = run.run_erasure(settings, job, images)
                 result.run["portrait_verification"] = verified
         except JobError as exc:
