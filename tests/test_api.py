@@ -641,8 +641,9 @@ def test_canceling_the_followed_request_releases_its_duplicates(api: Api) -> Non
     assert api.enqueued == [first, duplicate]
 
 
-def test_an_identity_already_erased_from_serving_completes_at_once(api: Api) -> None:
-    erased = identity_hash("person-3", api.settings)
+def _erased_by_serving(api: Api, checked: dict[str, bool]) -> None:
+    """Record each person as erased from the serving version by a completed request whose audit
+    says whether its portrait was checked."""
     with session_scope(api.settings) as session:
         model = session.scalars(
             select(RegisteredModel).where(RegisteredModel.name == "synthfaces")
@@ -650,7 +651,31 @@ def test_an_identity_already_erased_from_serving_completes_at_once(api: Api) -> 
         serving = session.get_one(
             ModelVersion, session.get_one(Alias, (model.id, "serving")).version_id
         )
-        serving.erased_identity_hashes = [erased]
+        client = session.scalars(select(ApiClient).where(ApiClient.name == "writer")).one()
+        hashes = {person: identity_hash(person, api.settings) for person in checked}
+        serving.erased_identity_hashes = list(hashes.values())
+        for person, was_checked in checked.items():
+            request = DeletionRequest(
+                client_id=client.id,
+                model_id=model.id,
+                identity_hash=hashes[person],
+                method="jit",
+                status=RequestStatus.completed.value,
+                body_fingerprint="0" * 64,
+                portrait_sha256="0" * 64,
+                result_version_id=serving.id,
+            )
+            session.add(request)
+            session.flush()
+            verification = {"checked": was_checked}
+            session.add(
+                Audit(request_id=request.id, before={}, after={}, delta={},
+                      run={"portrait_verification": verification})
+            )  # fmt: skip
+
+
+def test_an_identity_already_erased_from_serving_completes_at_once(api: Api) -> None:
+    _erased_by_serving(api, {"person-3": True})
     response = api.submit(identity="person-3", portrait=PNG)
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "completed"
@@ -661,11 +686,21 @@ def test_an_identity_already_erased_from_serving_completes_at_once(api: Api) -> 
     assert body["finished_at"] is not None and body["audit"] is None
     # No job, and no portrait ever stored; only its hash.
     assert api.enqueued == [] and stored_portraits(api.settings) == []
-    (row,) = request_rows(api.settings)
+    row = next(r for r in request_rows(api.settings) if r.id == response.json()["id"])
     assert row.portrait_uri is None and len(row.portrait_sha256) == 64
     # Another identity still makes a job.
     assert api.submit(identity="person-4", portrait=PNG).json()["status"] == "queued"
     assert len(api.enqueued) == 1
+
+
+def test_an_erasure_that_checked_no_portrait_is_not_trusted_as_done(api: Api) -> None:
+    # A version without a verifier erases whatever image was sent in a name: a gray image made
+    # every later request for the person complete at once, and they were never forgotten.
+    _erased_by_serving(api, {"person-3": False})
+    response = api.submit(identity="person-3", portrait=PNG)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "queued"
+    assert api.enqueued == [response.json()["id"]] and len(stored_portraits(api.settings)) == 1
 
 
 def test_cancel_after_start_is_refused(api: Api) -> None:

@@ -1,7 +1,7 @@
 """Duplicate requests: every rule for a second request of the same person, in one place.
 
-A request for an identity the serving version has already erased completes at once, keeping no
-portrait. A request for an identity already in flight follows that request (it is linked to it)
+A request for an identity the serving version has already erased, by an erasure that checked the
+person's portrait, completes at once, keeping no portrait. A request for an identity already in flight follows that request (it is linked to it)
 and takes its outcome; its portrait is kept in case the followed request fails or is canceled,
 which releases its followers to run on their own. Two same-identity requests that still meet in
 one batch are linked there too, and the sweeper settles followers a crash left behind.
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.services.lifecycle import transition
 from app.tables import (
+    Audit,
     DeletionRequest,
     ModelVersion,
     RegisteredModel,
@@ -70,13 +71,34 @@ def in_flight(session: Session, model: RegisteredModel, identity: str) -> Deleti
     return found
 
 
+def verified_erasure(session: Session, model: RegisteredModel, identity: str) -> bool:
+    """Whether an erasure of `identity` from `model` succeeded with the person's portrait checked.
+
+    An erasure by a version without a verifier may have unlearned any image sent in the name:
+    a later request for the person runs again rather than trusting it.
+    """
+    runs = session.scalars(
+        select(Audit.run)
+        .join(DeletionRequest, DeletionRequest.id == Audit.request_id)
+        .where(
+            DeletionRequest.model_id == model.id,
+            DeletionRequest.identity_hash == identity,
+            DeletionRequest.status.in_([s.value for s in SUCCESS]),
+        )
+    )
+    return any((run or {}).get("portrait_verification", {}).get("checked") is True for run in runs)
+
+
 def plan(session: Session, model: RegisteredModel, serving: ModelVersion, identity: str) -> Plan:
     """How a request for `identity` on `model` (whose serving version is `serving`) proceeds.
 
-    Already forgotten by the serving version: complete now, no portrait kept, no job. Already in
+    Already forgotten by the serving version, by an erasure that checked the portrait: complete
+    now, no portrait kept, no job. Already in
     flight: follow that request (its portrait is kept in case that one fails). Else: a new job.
     """
-    if identity in (serving.erased_identity_hashes or []):
+    if identity in (serving.erased_identity_hashes or []) and verified_erasure(
+        session, model, identity
+    ):
         reason = f"the identity is already erased from serving version v{serving.version}"
         return Plan(store_portrait=False, steps=[(RequestStatus.completed, reason)])
     primary = in_flight(session, model, identity)
