@@ -11,7 +11,7 @@ import base64
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cryptography.fernet import Fernet
@@ -21,6 +21,7 @@ from app.settings import Settings, get_settings
 
 PORTRAITS = "portraits"
 REFERENCES = "references"
+VERIFIER_ARTIFACT = "verifier"  # the key of a version's portrait verifier in its artifacts
 
 
 def file_sha256(path: Path) -> str:
@@ -184,6 +185,19 @@ def reference_vault(verifier_sha256: str, settings: Settings | None = None) -> R
     """The references of the verifier stored as `verifier_sha256`."""
     settings = settings or get_settings()
     return ReferenceVault(blob_store(settings), storage_key(settings), verifier_sha256)
+
+
+def forget_references(
+    settings: Settings, artifacts: dict[str, str], identities: Iterable[str]
+) -> None:
+    """Delete the verifier references of `identities` (keyed hashes) once a serving version has
+    forgotten them; nothing for a version without a verifier. Idempotent."""
+    sha = artifacts.get(VERIFIER_ARTIFACT)
+    if sha is None:
+        return
+    vault = reference_vault(sha, settings)
+    for identity in identities:
+        vault.delete(identity)
 
 
 def portrait_vault(settings: Settings | None = None) -> PortraitVault:

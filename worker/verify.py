@@ -17,7 +17,7 @@ import torch
 
 from app.security import identity_hash
 from app.settings import Settings
-from app.storage import ArtifactStore, artifact_store, reference_vault
+from app.storage import VERIFIER_ARTIFACT, ArtifactStore, artifact_store, reference_vault
 from models.data.base import FaceData
 from models.verification import (
     Calibration,
@@ -30,7 +30,7 @@ from models.verification import (
     train_verifier,
 )
 
-VERIFIER_KEY = "verifier"  # in a version's artifacts
+VERIFIER_KEY = VERIFIER_ARTIFACT
 VERIFIER_FOLDER = "verifier"  # artifact-store folder
 MISMATCH = "portrait_mismatch"
 MISMATCH_MESSAGE = (
@@ -107,15 +107,3 @@ def check_portraits(
         score = float(vector @ reference_from_bytes(stored)) if stored is not None else -1.0
         checks.append(Check(request_id, score >= calibration.threshold))
     return checks
-
-
-def delete_references(
-    settings: Settings, artifacts: dict[str, str], identities: Sequence[str]
-) -> None:
-    """Delete the references of erased identities (keyed hashes); nothing without a verifier."""
-    sha = artifacts.get(VERIFIER_KEY)
-    if sha is None:
-        return
-    vault = reference_vault(sha, settings)
-    for identity in identities:
-        vault.delete(identity)

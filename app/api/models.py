@@ -32,6 +32,7 @@ from app.schemas import (
 )
 from app.services.lookup import find_model
 from app.settings import Settings
+from app.storage import forget_references
 from app.tables import SERVING, Alias, AliasEvent, ApiClient, ModelVersion, RegisteredModel
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -296,6 +297,7 @@ def move_alias(
     alias: str,
     body: Annotated[MoveAlias, Body()],
     session: SessionDep,
+    settings: SettingsDep,
     admin: Admin,
 ) -> AliasOut:
     """`serving` only moves to a version containing every completed erasure (else 409 with the
@@ -319,6 +321,9 @@ def move_alias(
         session.rollback()
         raise ApiError.of("invalid_alias", str(exc)) from None
     session.commit()
+    if alias == SERVING:
+        # after the commit: the serving version no longer knows them, nor may the verifier
+        forget_references(settings, version.artifacts or {}, version.erased_identity_hashes or [])
     return AliasOut(
         model=model.name, alias=alias, version=version.version, completed_request_ids=completed
     )

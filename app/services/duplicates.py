@@ -1,10 +1,11 @@
 """Duplicate requests: every rule for a second request of the same person, in one place.
 
 A request for an identity the serving version has already erased, by an erasure that checked the
-person's portrait, completes at once, keeping no portrait. A request for an identity already in flight follows that request (it is linked to it)
-and takes its outcome; its portrait is kept in case the followed request fails or is canceled,
-which releases its followers to run on their own. Two same-identity requests that still meet in
-one batch are linked there too, and the sweeper settles followers a crash left behind.
+person's portrait, completes at once, keeping no portrait. A request for an identity already in
+flight follows that request (it is linked to it) and takes its outcome; its portrait is kept in
+case the followed request fails or is canceled, which releases its followers to run on their own.
+Two same-identity requests that still meet in one batch are linked there too, and the sweeper
+settles followers a crash left behind.
 """
 
 from __future__ import annotations

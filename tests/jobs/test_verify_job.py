@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from job_helpers import (
+    MODEL,
     SPEC,
     load_request,
     onboard,
@@ -22,6 +24,8 @@ from job_helpers import (
 from PIL import Image
 from sqlalchemy import select
 
+from app.cli import keys_create
+from app.main import create_app
 from app.security import identity_hash
 from app.settings import Settings
 from app.storage import portrait_vault, reference_vault
@@ -113,6 +117,29 @@ def test_the_persons_own_photo_erases_and_deletes_their_reference(
     assert check == {"checked": True, "matched": True, "verifier": sha}
     vault = reference_vault(sha, verified)
     assert vault.read(person) is None and vault.read(other) is not None
+
+
+def test_an_erasure_an_admin_promotes_later_deletes_the_reference(
+    verified: Settings, checkpoint: Path, train_ids: list[str], sent: list[Any]
+) -> None:
+    # held for review by any score drop at all: the job itself does not promote it
+    held = verified.model_copy(update={"guardrail_max_score_drop": -100.0})
+    v1 = onboard(held, checkpoint)
+    vault = reference_vault(v1.artifacts[VERIFIER_KEY], held)
+    person = identity_hash(train_ids[0], held)
+    request_id = seed_request(held, train_ids[0], portrait=_training_photo(train_ids[0]))
+    assert erase_request(held, request_id).status == "needs_review"
+    assert vault.read(person) is not None  # not forgotten by serving yet
+
+    admin = keys_create("admin", ["models:admin"], held)
+    with TestClient(create_app(held)) as client:
+        moved = client.put(
+            f"/models/{MODEL}/aliases/serving", json={"version": 2}, headers={"X-API-Key": admin}
+        )
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["completed_request_ids"] == [request_id]
+    assert vault.read(person) is None
+    assert vault.read(identity_hash(train_ids[1], held)) is not None
 
 
 def test_a_version_without_a_verifier_says_so_in_the_audit(

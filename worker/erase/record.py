@@ -19,14 +19,13 @@ from app.services.lifecycle import transition
 from app.services.registry import method_efficacy, refresh_if_due, set_alias
 from app.services.targets import IDENTITY, missing_erasures
 from app.settings import Settings
-from app.storage import PortraitVault
+from app.storage import PortraitVault, forget_references
 from app.tables import SERVING, Audit, ModelVersion, RegisteredModel, VersionStatus
 from worker import lease
 from worker.audit import delta
 from worker.erase.claim import destroy, fenced, requeue_batch
 from worker.erase.promotion import decide
 from worker.erase.vocabulary import ACTOR, Job, Outcome, Result
-from worker.verify import delete_references
 from worker.versions import LoadedVersion, remember, version_key
 
 log = logging.getLogger(__name__)
@@ -135,7 +134,7 @@ def record(
         version_id, number = version.id, version.version
     destroy(vault, *uris)
     if verdict.promote:  # the serving version no longer knows them: neither does the verifier
-        delete_references(settings, job.parent_artifacts, erased)
+        forget_references(settings, job.parent_artifacts, erased)
     try:
         refresh_if_due(settings, job.model_id)
     except Exception:
