@@ -94,8 +94,8 @@ def plan(session: Session, model: RegisteredModel, serving: ModelVersion, identi
     """How a request for `identity` on `model` (whose serving version is `serving`) proceeds.
 
     Already forgotten by the serving version, by an erasure that checked the portrait: complete
-    now, no portrait kept, no job. Already in
-    flight: follow that request (its portrait is kept in case that one fails). Else: a new job.
+    now, no portrait kept, no job. Already in flight: follow that request (its portrait is kept
+    in case that one fails). Else: a new job.
     """
     if identity in (serving.erased_identity_hashes or []) and verified_erasure(
         session, model, identity
