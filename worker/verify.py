@@ -1,10 +1,11 @@
-"""Portrait verification in the service: the verifier built at onboarding, checked before an
-erasure, and the references of erased people deleted (models/verification.py does the math).
+"""Portrait verification in the service: the verifier built at onboarding and checked before an
+erasure (models/verification.py does the math).
 
 The embedder is an artifact (`artifacts["verifier"]`, content-addressed, read with
 `weights_only`); each training identity's reference is encrypted under its keyed identity hash
-(app/storage.py, ReferenceVault). A version without a verifier (onboarded with
-`verify_portraits` off) erases without a check, and its audit says so.
+(app/storage.py, ReferenceVault, whose `forget_references` deletes those of erased people). A
+version without a verifier (onboarded with `verify_portraits` off) erases without a check,
+rejects only names the model never saw, and its audit says so.
 """
 
 from __future__ import annotations
