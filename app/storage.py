@@ -22,6 +22,7 @@ from app.settings import Settings, get_settings
 PORTRAITS = "portraits"
 REFERENCES = "references"
 VERIFIER_ARTIFACT = "verifier"  # the key of a version's portrait verifier in its artifacts
+VERIFIER_KIND = "verifier"  # the artifact-store folder verifiers are kept in
 
 
 def file_sha256(path: Path) -> str:
@@ -161,6 +162,13 @@ class ReferenceVault:
     def delete(self, identity_hash: str) -> None:
         """Delete one identity's reference (idempotent)."""
         self.blobs.delete(self._key(identity_hash))
+
+    def delete_all(self) -> int:
+        """Delete every reference of this verifier (when the verifier itself goes); count."""
+        keys = [info.key for info in self.blobs.list(self.prefix)]
+        for key in keys:
+            self.blobs.delete(key)
+        return len(keys)
 
 
 def storage_key(settings: Settings) -> bytes:

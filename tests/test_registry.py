@@ -31,7 +31,7 @@ from app.services.lifecycle import transition
 from app.services.lookup import head_version
 from app.services.registry import refresh_if_due, register_checkpoint
 from app.settings import Settings
-from app.storage import artifact_store
+from app.storage import artifact_store, reference_vault
 from app.tables import (
     Alias,
     ApiClient,
@@ -519,6 +519,29 @@ def test_purge_removes_unshared_blobs_and_keeps_metadata(api: Api) -> None:
     last = purge(api, [1]).json()
     assert last["purged_versions"] == [1] and last["deleted_blobs"] == 1
     assert store.exists("audit", hashlib.sha256(b"audit set v1").hexdigest())  # v4 still uses it
+
+
+def test_purge_deletes_a_verifier_no_live_version_uses_with_its_references(api: Api) -> None:
+    # before, a purge never listed the verifier among a version's blobs: the embedder and every
+    # person's reference (a biometric template) outlived every version that used them
+    chain = build_chain(api.settings, with_blobs=True)
+    store = artifact_store(api.settings)
+    own = store.put_bytes("verifier", b"verifier of v2")
+    shared = store.put_bytes("verifier", b"verifier of v3 and v4")
+    person = identity_hash("person-a", api.settings)
+    for sha in (own, shared):
+        reference_vault(sha, api.settings).put(person, b"a reference")
+    with session_scope(api.settings) as session:
+        for number, sha in ((2, own), (3, shared), (4, shared)):
+            version = session.get_one(ModelVersion, chain.version_ids[number])
+            version.artifacts = {**version.artifacts, "verifier": sha}
+    assert move(api, "baseline", 1).status_code == 200
+
+    assert purge(api).json()["purged_versions"] == [2, 3]
+    assert not store.exists("verifier", own)
+    assert reference_vault(own, api.settings).read(person) is None
+    assert store.exists("verifier", shared)  # v4 still uses it
+    assert reference_vault(shared, api.settings).read(person) == b"a reference"
 
 
 # --- Refresh -----------------------------------------------------------------------------------

@@ -18,7 +18,13 @@ import torch
 
 from app.security import identity_hash
 from app.settings import Settings
-from app.storage import VERIFIER_ARTIFACT, ArtifactStore, artifact_store, reference_vault
+from app.storage import (
+    VERIFIER_ARTIFACT,
+    VERIFIER_KIND,
+    ArtifactStore,
+    artifact_store,
+    reference_vault,
+)
 from models.data.base import FaceData
 from models.verification import (
     Calibration,
@@ -32,7 +38,7 @@ from models.verification import (
 )
 
 VERIFIER_KEY = VERIFIER_ARTIFACT
-VERIFIER_FOLDER = "verifier"  # artifact-store folder
+VERIFIER_FOLDER = VERIFIER_KIND  # artifact-store folder
 MISMATCH = "portrait_mismatch"
 MISMATCH_MESSAGE = (
     "the portrait does not match the person this request names closely enough to erase them"

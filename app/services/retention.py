@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.services.lookup import NoReadyVersion, head_version
 from app.settings import Settings
-from app.storage import artifact_store
+from app.storage import VERIFIER_ARTIFACT, VERIFIER_KIND, artifact_store, reference_vault
 from app.tables import Alias, ModelVersion, RegisteredModel, VersionStatus, utcnow
 from models.catalog import ARTIFACT_PREFIX
 
@@ -61,6 +61,8 @@ def blobs_of(version: ModelVersion) -> set[Blob]:
             blobs.add((AUDIT_KIND, digest))
         elif name.startswith(ARTIFACT_PREFIX):
             blobs.add((METHOD_KIND, digest))
+        elif name == VERIFIER_ARTIFACT:
+            blobs.add((VERIFIER_KIND, digest))
     return blobs
 
 
@@ -100,19 +102,34 @@ def purge(
         candidates |= blobs_of(version)
         version.purged_at = now
     session.flush()
+    drop = unneeded(session, candidates)
+    session.commit()
+    # After the commit: a failed delete leaves a stray file, never a live version without one.
+    deleted = delete_blobs(settings, drop)
+    numbers = [v.version for v in targets]
+    log.info("purged versions %s of %s (%d blobs deleted)", numbers, model.name, deleted)
+    return Purged(numbers, deleted, len(candidates - drop))
+
+
+def unneeded(session: Session, candidates: set[Blob]) -> set[Blob]:
+    """Those of `candidates` that no un-purged version of any model references."""
     needed: set[Blob] = set()
     for version in session.scalars(select(ModelVersion).where(ModelVersion.purged_at.is_(None))):
         needed |= blobs_of(version)
-    session.commit()
-    # After the commit: a failed delete leaves a stray file, never a live version without one.
+    return candidates - needed
+
+
+def delete_blobs(settings: Settings, blobs: set[Blob]) -> int:
+    """Delete `blobs` (a verifier with all its references); how many went."""
     store = artifact_store(settings)
     deleted = 0
-    for kind, sha in sorted(candidates - needed):
+    for kind, sha in sorted(blobs):
         try:
+            if kind == VERIFIER_KIND:
+                # its references are biometric templates: they go with the verifier
+                reference_vault(sha, settings).delete_all()
             store.delete(kind, sha)
             deleted += 1
         except (OSError, ValueError):
             log.exception("could not delete %s/%s", kind, sha)
-    numbers = [v.version for v in targets]
-    log.info("purged versions %s of %s (%d blobs deleted)", numbers, model.name, deleted)
-    return Purged(numbers, deleted, len(candidates & needed))
+    return deleted
