@@ -134,7 +134,10 @@ class ModelVersionOut(BaseModel):
     parent_version: int | None
     arch: str
     method: str | None
-    sha256: str
+    sha256: str = Field(
+        description="SHA-256 of the checkpoint kept: once a registered file is prepared, its "
+        "copy with keyed splits (the uploaded file is not kept)."
+    )
     aliases: list[str]
     erased_identities: int = Field(description="How many identities this version has forgotten.")
     created_by_request_id: str | None
@@ -188,9 +191,7 @@ class RegisterModel(BaseModel):
     data_root: str | None = Field(
         default=None, max_length=4096, description="Real data sets: under `LETHE_DATA_ROOTS`."
     )
-    task: TaskName | None = Field(
-        default=None, description="Default: the checkpoint's task."
-    )
+    task: TaskName | None = Field(default=None, description="Default: the checkpoint's task.")
     split_seed: int | None = Field(default=None, description="Default: the checkpoint's splits.")
 
 

@@ -198,6 +198,9 @@ class ModelVersion(Base):
     status: Mapped[str] = mapped_column(String(20), default=VersionStatus.preparing.value)
     artifact_uri: Mapped[str] = mapped_column(String(500))
     sha256: Mapped[str] = mapped_column(String(64))
+    # A prepared root version keeps its checkpoint with keyed splits under `sha256`; this is the
+    # file that was registered (deleted from the store), for re-registrations to find it.
+    upload_sha256: Mapped[str | None] = mapped_column(String(64))
     arch: Mapped[str] = mapped_column(String(100))
     method: Mapped[str | None] = mapped_column(String(50))
     resolved_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -36,7 +36,7 @@ from app.tables import (
 
 REPO = Path(__file__).resolve().parent.parent
 APP_TABLES = set(Base.metadata.tables)
-HEAD = "0004"
+HEAD = "0005"
 
 
 def alembic_config(url: str) -> Config:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import io
 import logging
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,14 +33,14 @@ from models import catalog
 from models.catalog import ARCHITECTURES
 from models.data.base import DatasetError, FaceData
 from models.data.registry import DatasetSpec, load_dataset
-from models.data.splits import SplitIndices, Splits, split_indices
+from models.data.splits import KEYED, SplitIndices, Splits, keyed, split_indices
 from models.data.transforms import test_transform, train_transform
 from models.device import default_device
 from models.methods import get_method, resolve_config
 from models.methods.prepare_data import build_prepare_data
 from models.nets import data_config
 from models.protocol import model_from_checkpoint
-from models.train.checkpoint import Checkpoint, load_checkpoint
+from models.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from worker.audit_kit import AuditKit, build_audit_kit, store_audit_kit
 from worker.efficacy import EFFICACY_KIND, Calibration, pick_trials
 from worker.verify import VERIFIER_KEY, build_verifier
@@ -58,6 +60,7 @@ def _silent(stage: str, done: int, total: int) -> None:
 class Prepared:
     """What preparation computed for a version, ready to be written to the database."""
 
+    sha256: str  # of the checkpoint kept (its splits keyed)
     arch: str
     task: str
     identity_hashes: list[str]
@@ -123,9 +126,10 @@ def load_inputs(
             raise DataUnavailable(f"{root} is not under LETHE_DATA_ROOTS")
         spec |= {"name": wanted["dataset"], "root": root}
     task = str(wanted.get("task") or config["task"])
+    key = _identity_key(settings) if checkpoint.splits.get(KEYED) else None
     try:
         data = load_dataset(DatasetSpec(**spec))
-        indices = split_indices(data, splits)
+        indices = split_indices(data, splits, key)
     except (OSError, DatasetError) as exc:
         raise DataUnavailable(f"{type(exc).__name__}: {exc}") from exc
     if task not in data.tasks or task_spec(checkpoint) != data.task(task):
@@ -265,6 +269,23 @@ def steps_total(settings: Settings) -> int:
     return 4 + len(preparable_methods(settings)) + settings.verify_portraits
 
 
+def _identity_key(settings: Settings) -> Callable[[str], str]:
+    """The keyed hash the service names identities (and images) by."""
+    return lambda text: identity_hash(text, settings)
+
+
+def keep_keyed(settings: Settings, store: ArtifactStore, checkpoint: Checkpoint) -> str:
+    """The SHA-256 of the checkpoint as the service keeps it, stored: its splits keyed, so the
+    stored file names nobody in plain (the same file if they already are)."""
+    if checkpoint.splits.get(KEYED):
+        return checkpoint.sha256
+    kept = replace(checkpoint, splits=keyed(checkpoint.splits, _identity_key(settings)))
+    with tempfile.TemporaryDirectory(prefix="lethe-keyed-") as folder:
+        path = Path(folder) / "model.pt"
+        save_checkpoint(path, kept)
+        return store.put_file("models", path)
+
+
 def compute(
     settings: Settings,
     sha256: str,
@@ -280,9 +301,14 @@ def compute(
     check_head(checkpoint)
     report("identity_index", 1, total)
     inputs = load_inputs(settings, checkpoint, training_data)
-    identities = sorted({identity_hash(i, settings) for i in inputs.splits.train})
+    train = inputs.splits.train
+    keyed_already = bool(checkpoint.splits.get(KEYED))
+    identities = sorted(
+        set(train) if keyed_already else {identity_hash(i, settings) for i in train}
+    )
     artifacts, efficacy, total = build_artifacts(settings, checkpoint, inputs, report)
     return Prepared(
+        sha256=keep_keyed(settings, store, checkpoint),
         arch=checkpoint.arch,
         task=inputs.task,
         identity_hashes=identities,
@@ -337,6 +363,10 @@ def _apply(session: Session, version: ModelVersion, prepared: Prepared) -> dict[
             f"checkpoint task {prepared.task!r} differs from model {model.name!r}'s {model.task!r}",
         )
     model.task = prepared.task
+    if prepared.sha256 != version.sha256:
+        version.upload_sha256 = version.sha256
+        version.sha256 = prepared.sha256
+        version.artifact_uri = f"models/{prepared.sha256}"
     version.arch = prepared.arch
     version.artifacts = prepared.artifacts
     version.efficacy = prepared.efficacy
@@ -394,10 +424,22 @@ def prepare_version(settings: Settings, version_id: int) -> dict[str, Any]:
             version = session.get_one(ModelVersion, version_id)
             if version.status != VersionStatus.preparing.value:
                 return {"version_id": version_id, "status": version.status, "noop": True}
+            upload = version.sha256
             try:
-                return _apply(session, version, prepared)
+                result = _apply(session, version, prepared)
             except IntegrityError:
                 session.rollback()
                 if retry:
                     raise
+                continue
+            if upload != prepared.sha256:
+                _drop_upload(settings, session, upload)
+            return result
     raise AssertionError("unreachable")
+
+
+def _drop_upload(settings: Settings, session: Session, sha: str) -> None:
+    """Delete a registered file once its keyed copy is kept, unless a version still uses it (a
+    failed one, or another model's still preparing)."""
+    if session.scalar(select(ModelVersion.id).where(ModelVersion.sha256 == sha).limit(1)) is None:
+        artifact_store(settings).delete("models", sha)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app import queue
@@ -108,7 +108,7 @@ def register_checkpoint(
             select(ModelVersion).where(
                 ModelVersion.model_id == model.id,
                 ModelVersion.parent_id.is_(None),
-                ModelVersion.sha256 == sha,
+                or_(ModelVersion.sha256 == sha, ModelVersion.upload_sha256 == sha),
                 ModelVersion.status != VersionStatus.failed.value,
             )
         )
@@ -227,9 +227,7 @@ def artifacts_source(session: Session, version: ModelVersion) -> ModelVersion | 
     return None
 
 
-def method_efficacy(
-    session: Session, version: ModelVersion, method: str
-) -> dict[str, Any] | None:
+def method_efficacy(session: Session, version: ModelVersion, method: str) -> dict[str, Any] | None:
     """`method`'s calibrated efficacy on `version` (from its artifacts' source), or None."""
     source = artifacts_source(session, version)
     if source is None:

@@ -148,19 +148,42 @@ def without_identities(splits: dict[str, Any], drop: Callable[[str], bool]) -> d
     return kept
 
 
-def split_indices(data: FaceData, splits: Splits) -> SplitIndices:
-    """Resolve `splits` to row indices of `data` (support images excluded from train/retain)."""
-    key_index = data.index_of_key()
+KEYED = "keyed"  # in stored splits: identities and image keys are keyed hashes, not names
+
+
+def keyed(splits: dict[str, Any], key: Callable[[str], str]) -> dict[str, Any]:
+    """Stored `splits` (Splits.to_dict) with every identity and support image key replaced by
+    `key` of it, marked so: the form a service keeps, naming nobody in plain."""
+    if splits.get(KEYED):
+        return dict(splits)
+    out = dict(splits)
+    for name in ("train", "val", "test", "forget", "retain", "support"):
+        if name in out:
+            out[name] = [key(str(v)) for v in out[name]]
+    out[KEYED] = True
+    return out
+
+
+def split_indices(
+    data: FaceData, splits: Splits, key: Callable[[str], str] | None = None
+) -> SplitIndices:
+    """Resolve `splits` to row indices of `data` (support images excluded from train/retain).
+
+    With `key`, the splits name identities and images by `key` of their names (`keyed`)."""
+    name = key or (lambda text: text)
+    key_index = {name(k): i for i, k in enumerate(data.keys)}
     try:
-        support = [key_index[key] for key in splits.support]
+        support = [key_index[k] for k in splits.support]
     except KeyError as exc:
         raise ValueError(
             f"support image {exc.args[0]!r} is not in data set {data.name!r}"
         ) from None
     held_out = set(support)
+    named = [name(i) for i in data.identities] if key else data.identities
 
     def rows(ids: Sequence[str], *, drop_support: bool) -> list[int]:
-        found = data.indices_of(ids)
+        wanted = set(ids)
+        found = [r for r, ident in enumerate(named) if ident in wanted]
         return [i for i in found if i not in held_out] if drop_support else found
 
     return SplitIndices(

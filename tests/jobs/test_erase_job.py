@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from celery.exceptions import Retry
 from job_helpers import (
     load_request,
@@ -112,13 +114,20 @@ def test_two_erasures_make_a_linear_chain(
     assert load_request(settings, second).parent_version_id == versions[1].id
     assert serving_number(settings) == 3
 
-    # each child's checkpoint keeps no plain ID of a person it forgot (the root is the upload)
+    # each checkpoint names people only by keyed hash, and drops those it forgot
     store = artifact_store(settings)
     blobs = [store.read("models", v.sha256) for v in versions]
-    first_id, second_id = (i.encode() for i in train_ids[:2])
-    assert [first_id in blob for blob in blobs] == [True, False, False]
-    assert [second_id in blob for blob in blobs] == [True, True, False]
-    assert train_ids[2].encode() in blobs[2]  # the others stay
+    assert not any(i.encode() in blob for i in train_ids for blob in blobs)
+    trained = [set(torch.load(io.BytesIO(b), weights_only=True)["splits"]["train"]) for b in blobs]
+    assert [h1 in names for names in trained] == [True, False, False]
+    assert [h2 in names for names in trained] == [True, True, False]
+    assert identity_hash(train_ids[2], settings) in trained[2]  # the others stay
+
+    # and no stored file at all, the registered upload included, names anyone in plain
+    stored = [p for p in settings.resolved_artifact_dir.rglob("*") if p.is_file()]
+    assert not store.exists("models", versions[0].upload_sha256 or "0" * 64)
+    named = [p.name for p in stored if any(i.encode() in p.read_bytes() for i in train_ids)]
+    assert named == []
 
 
 def test_guardrail_keeps_the_version_without_promoting_it(

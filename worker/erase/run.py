@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from app.security import identity_hash
 from app.settings import Settings
 from app.storage import PortraitVault, artifact_store
-from models.data.splits import without_identities
+from models.data.splits import KEYED, without_identities
 from models.device import default_device
 from models.methods import UnlearnRequest, get_method, resolve_config
 from models.methods.registry import is_calibrated
@@ -127,13 +127,18 @@ def run_erasure(settings: Settings, job: Job, images: list[torch.Tensor]) -> Res
         "request_ids": job.request_ids,
     }
     erased = set(identities)
+
+    def forgotten(name: str) -> bool:
+        # a prepared version's splits hold keyed hashes; a pre-keying one's, plain names
+        return (
+            name if parent.checkpoint.splits.get(KEYED) else identity_hash(name, settings)
+        ) in erased
+
     checkpoint = Checkpoint(
         arch=parent.checkpoint.arch,
         task=parent.checkpoint.task,
         config={**config, "unlearning": [*config.get("unlearning", []), lineage]},
-        splits=without_identities(
-            parent.checkpoint.splits, lambda i: identity_hash(i, settings) in erased
-        ),
+        splits=without_identities(parent.checkpoint.splits, forgotten),
         state_dict=model.state_dict(),
     )
     with tempfile.TemporaryDirectory(prefix="lethe-erase-") as folder:
