@@ -154,8 +154,6 @@ KEYED = "keyed"  # in stored splits: identities and image keys are keyed hashes,
 def keyed(splits: dict[str, Any], key: Callable[[str], str]) -> dict[str, Any]:
     """Stored `splits` (Splits.to_dict) with every identity and support image key replaced by
     `key` of it, marked so: the form a service keeps, naming nobody in plain."""
-    if splits.get(KEYED):
-        return dict(splits)
     out = dict(splits)
     for name in ("train", "val", "test", "forget", "retain", "support"):
         if name in out:
