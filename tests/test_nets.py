@@ -42,3 +42,17 @@ def test_local_weights_load_backbone_and_resize_head(tmp_path) -> None:
     assert model.get_classifier().out_features == 8
     with pytest.raises(FileNotFoundError):
         create_model("test_resnet", 8, 32, weights=tmp_path / "missing.pth")
+
+
+def test_networks_have_channels_last_weights_that_survive_a_state_dict_round_trip() -> None:
+    model = create_model("test_resnet", 3, 32)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    again = create_model("test_resnet", 3, 32)
+    again.load_state_dict(state)
+    weight = next(m.weight for m in again.modules() if isinstance(m, torch.nn.Conv2d))
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(images), model.eval()(images))

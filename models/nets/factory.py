@@ -61,7 +61,10 @@ def create_model(
             **kwargs,
         )
     _check_head(arch, model)
-    return model
+    # channels-last weights make every convolution run channels-last (outputs follow the
+    # weights): on CPU whole networks train 1.3-1.5x and evaluate 1.5-2x faster, the pretrained
+    # tail evaluates 1.7-2x faster and trains as fast (bench/tail_channels_last.py)
+    return model.to(memory_format=torch.channels_last)
 
 
 def freeze_modules(model: nn.Module, names: Sequence[str]) -> nn.Module:
