@@ -16,6 +16,16 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -223,6 +233,15 @@ def benchmark_config(args: argparse.Namespace) -> Any:
     )
 
 
+def benchmark_jobs(jobs: int | None, cfg: Any) -> int:
+    """Processes for a benchmark's passes: `jobs`, or by default one per torch thread this
+    command was given (LETHE_TORCH_THREADS or its share of the cores), at most one per pass."""
+    import torch
+
+    passes = len(cfg.requests) * len(cfg.seeds)
+    return min(jobs if jobs is not None else torch.get_num_threads(), passes)
+
+
 def cmd_benchmark(args: argparse.Namespace) -> None:
     """Run the 1-SHUI protocol and write results.json, results.md and tow_vs_time.png."""
     from models.benchmark.runner import run_benchmark
@@ -230,7 +249,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     cfg = benchmark_config(args)
     out = Path(args.out)
     start = time.perf_counter()
-    run_benchmark(cfg, out, progress=not args.quiet)
+    run_benchmark(cfg, out, progress=not args.quiet, jobs=benchmark_jobs(args.jobs, cfg))
     print((out / "results.md").read_text())
     print(
         f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'tow_vs_time.png'} "
@@ -298,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=5,
         help="N = 1: one-identity requests per seed, scored together against one reference pair "
         "(default 5; 1 is the paper's single draw)",
+    )
+    bench.add_argument(
+        "--jobs",
+        type=_positive,
+        help="processes that run (request size, seed) passes at once, this command's torch threads "
+        "divided among them (default: one per thread, at most one per pass; CPU only)",
     )
     bench.add_argument("--out", required=True, help="output folder")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")

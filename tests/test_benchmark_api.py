@@ -313,6 +313,38 @@ def _queued(settings: Settings, argv: list[str], status: str = "queued") -> str:
         return run.id
 
 
+def test_passes_in_two_processes_give_the_rows_of_one(tmp_path: Path) -> None:
+    import torch
+
+    from models.benchmark.runner import run_benchmark
+
+    body = BenchmarkCreate(**{**TINY, "requests": [2, 3], "methods": ["jit", "neggrad"]})
+    argv = benchmark_service.benchmark_argv(body, Settings(_env_file=None))
+    cfg = benchmark_config(build_parser().parse_args(["benchmark", *argv, "--out", "x"]))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # each of the two pass processes then gets one thread too
+    try:
+        one = run_benchmark(cfg, tmp_path / "one", progress=False)
+        seen: list[dict[str, Any]] = []
+        two = run_benchmark(cfg, tmp_path / "two", progress=False, on_progress=seen.append, jobs=2)
+    finally:
+        torch.set_num_threads(before)
+
+    def measured(results: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in row.items() if k not in WALL_TIME} for row in results["rows"]]
+
+    assert measured(two) == measured(one) and len(one["rows"]) == 4 * 4
+    assert [(r["requests"], r["seed"]) for r in two["config"]["runs"]] == [
+        (2, 0),
+        (2, 1),
+        (3, 0),
+        (3, 1),
+    ]
+    assert two["config"]["processes"] == 2 and one["config"]["processes"] == 1
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["rows"] == two["rows"]
+    assert [p["done"] for p in seen] == [3, 6, 9, 12, 12] and seen[-1]["current"] is None
+
+
 def test_job_failure_is_recorded(migrated_settings: Settings) -> None:
     from worker.benchmark import run_benchmark_job
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
 import platform
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from models.benchmark.report import write_markdown
 from models.data.base import FaceData
 from models.data.registry import load_dataset
 from models.data.splits import SplitIndices, make_splits, one_identity, split_indices
-from models.device import default_device
+from models.device import default_device, set_threads
 from models.methods import UnlearningMethod, UnlearnRequest, get_method, resolve_config
 from models.methods.base import Artifacts
 from models.methods.registry import is_calibrated
@@ -177,15 +179,15 @@ class _Steps:
 
     def begin(self, requests: int, seed: int, step: str) -> None:
         """Step `step` ("references" or a method name) of pass (requests, seed) starts."""
-        self._report({"requests": requests, "seed": seed, "step": step})
+        self.report({"requests": requests, "seed": seed, "step": step})
         self.done += 1
 
     def finish(self) -> None:
         """Every step is done."""
         self.done = self.total
-        self._report(None)
+        self.report(None)
 
-    def _report(self, current: dict[str, Any] | None) -> None:
+    def report(self, current: dict[str, Any] | None) -> None:
         if self.callback is not None:
             # `done` counts finished steps: the one starting now is not finished yet
             self.callback({"done": self.done, "total": self.total, "current": current})
@@ -392,25 +394,90 @@ def _run_pass(
     return rows, record
 
 
+def _passes(cfg: BenchmarkConfig) -> list[tuple[int, int]]:
+    """The (request size, seed) passes in the order their rows are reported."""
+    return [(requests, seed) for requests in cfg.requests for seed in cfg.seeds]
+
+
+# A pass worker's data and trunk cache, loaded once per process and shared by its passes.
+_worker_state: dict[str, Any] = {}
+
+
+def _start_worker(threads: int) -> None:
+    """Give a pass worker its share of the cores: oversubscribed cores slow small ops tenfold."""
+    set_threads(threads)
+
+
+def _worker_pass(
+    cfg: BenchmarkConfig, requests: int, seed: int, out: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One pass in a pass worker, on the data and trunk cache it loaded for its first pass."""
+    if _worker_state.get("setup") != cfg.setup:
+        data = load_dataset(cfg.setup.dataset)
+        device = default_device()
+        _worker_state.update(
+            setup=cfg.setup, data=data, device=device, cache=trunk_cache(cfg.setup, data, device)
+        )
+    state = _worker_state
+    steps = _Steps(0, None)
+    return _run_pass(
+        cfg, state["data"], requests, seed, state["device"], out, False, steps, state["cache"]
+    )
+
+
+def _run_parallel(
+    cfg: BenchmarkConfig,
+    out: Path,
+    jobs: int,
+    threads: int,
+    progress: bool,
+    steps: _Steps,
+    write: Callable[[dict[tuple[int, int], tuple[list[dict[str, Any]], dict[str, Any]]]], None],
+) -> None:
+    """Run the passes in `jobs` spawned processes of `threads` torch threads each, calling
+    `write` with every finished pass as each one ends."""
+    done: dict[tuple[int, int], tuple[list[dict[str, Any]], dict[str, Any]]] = {}
+    per_pass = 1 + len(cfg.methods)
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
+    with ProcessPoolExecutor(jobs, context, _start_worker, (threads,)) as pool:
+        futures = {
+            pool.submit(_worker_pass, cfg, requests, seed, out): (requests, seed)
+            for requests, seed in _passes(cfg)
+        }
+        bar = tqdm(total=len(futures), desc=f"passes ({jobs} processes)", disable=not progress)
+        for future in as_completed(futures):
+            key = futures[future]
+            done[key] = future.result()
+            steps.done += per_pass
+            steps.report({"requests": key[0], "seed": key[1], "step": "finished"})
+            write(done)
+            bar.update()
+        bar.close()
+
+
 def run_benchmark(
     cfg: BenchmarkConfig,
     out: Path,
     progress: bool = True,
     on_progress: ProgressCallback | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run the protocol; write results.json, results.md and tow_vs_time.png to `out`.
 
     `on_progress` gets `{"done", "total", "current": {"requests", "seed", "step"}}` as each step
     (a pass's references, then each method) starts, and `current` None once everything is done.
+    With `jobs` > 1 (CPU only) the passes run in that many processes, this process's torch
+    threads divided among them, and `on_progress` hears of each pass as it ends (step
+    "finished"); the rows are the same passes, in the same order, as one process gives.
     """
     methods = {name: get_method(name) for name in cfg.methods}  # fail before any training
     out.mkdir(parents=True, exist_ok=True)
     device = default_device()
-    data = load_dataset(cfg.setup.dataset)
+    passes = _passes(cfg)
+    jobs = max(1, min(jobs, len(passes))) if device.type == "cpu" else 1
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
-    steps = _Steps(len(cfg.requests) * len(cfg.seeds) * (1 + len(cfg.methods)), on_progress)
-    cache = trunk_cache(cfg.setup, data, device)  # one for every pass: the trunk never changes
+    steps = _Steps(len(passes) * (1 + len(cfg.methods)), on_progress)
     config = {
         **cfg.to_dict(),
         "method_needs": {name: method.needs for name, method in methods.items()},
@@ -418,19 +485,30 @@ def run_benchmark(
         "device": str(device),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "processes": jobs,
         "runs": runs,
     }
     results: dict[str, Any] = {"config": config, "rows": rows}
-    for requests in cfg.requests:
-        for seed in cfg.seeds:
-            pass_rows, record = _run_pass(
+
+    def write(done: dict[tuple[int, int], tuple[list[dict[str, Any]], dict[str, Any]]]) -> None:
+        # after every pass, so that a long run that stops keeps what it measured
+        rows[:] = [row for key in passes if key in done for row in done[key][0]]
+        runs[:] = [done[key][1] for key in passes if key in done]
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_markdown(results, out / "results.md")
+
+    if jobs > 1:
+        threads = max(1, torch.get_num_threads() // jobs)
+        _run_parallel(cfg, out, jobs, threads, progress, steps, write)
+    else:
+        data = load_dataset(cfg.setup.dataset)
+        cache = trunk_cache(cfg.setup, data, device)  # one for every pass: the trunk never changes
+        done = {}
+        for requests, seed in passes:
+            done[(requests, seed)] = _run_pass(
                 cfg, data, requests, seed, device, out, progress, steps, cache
             )
-            rows += pass_rows
-            runs.append(record)
-            # after every pass, so that a long run that stops keeps what it measured
-            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-            write_markdown(results, out / "results.md")
+            write(done)
     plot_tow_vs_time(results, out / "tow_vs_time.png")
     steps.finish()
     return results
