@@ -1,0 +1,177 @@
+"""Attribute unlearning: the LEACE eraser, its exact folding into the head, and attribute labels."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from torch import nn
+
+from models.attributes.labels import attribute_labels
+from models.attributes.leace import fit_eraser, fold_into_head
+from models.attributes.probes import (
+    ProbeSet,
+    identity_interval,
+    linear_probe,
+    mlp_probe,
+    shuffled,
+)
+from models.data.base import FaceData
+from models.nets import create_model, features_and_logits
+
+
+def _features(
+    n: int = 600, d: int = 16, seed: int = 0
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Features that encode a binary and a three-class attribute linearly, with correlated noise."""
+    rng = np.random.default_rng(seed)
+    binary = rng.integers(0, 2, n)
+    three = rng.integers(0, 3, n)
+    mix = rng.normal(size=(d, d))
+    h = rng.normal(size=(n, d)) @ mix
+    h[:, 0] += 8.0 * binary
+    h[:, 1] += 6.0 * three - 1.0 * binary
+    return torch.from_numpy(h), binary, three
+
+
+def _coded(binary: np.ndarray, three: np.ndarray) -> list[torch.Tensor]:
+    return [
+        torch.from_numpy(binary).to(torch.float64).unsqueeze(1),
+        nn.functional.one_hot(torch.from_numpy(three), 3).to(torch.float64),
+    ]
+
+
+def _probe(h: torch.Tensor, z: np.ndarray) -> float:
+    """Balanced accuracy of a logistic regression fitted and scored on `h` (the fit set)."""
+    x = h.numpy()
+    return float(balanced_accuracy_score(z, LogisticRegression(max_iter=2000).fit(x, z).predict(x)))
+
+
+def test_the_folded_head_equals_the_eraser_then_the_old_head() -> None:
+    h, binary, three = _features()
+    eraser = fit_eraser(h, _coded(binary, three))
+    torch.manual_seed(0)
+    head = nn.Linear(h.shape[1], 5)
+    folded = copy.deepcopy(head)
+    fold_into_head(folded, eraser)
+    x = h.to(torch.float32)
+    with torch.no_grad():
+        expected = head(eraser(h).to(torch.float32))
+        torch.testing.assert_close(folded(x), expected, atol=1e-4, rtol=1e-4)
+        assert (folded(x) - head(x)).abs().max() > 0.1  # the fold changed the head
+    assert folded.weight.shape == head.weight.shape and folded.bias.shape == head.bias.shape
+
+
+def test_class_conditional_means_coincide_after_erasure() -> None:
+    h, binary, three = _features()
+    erased = fit_eraser(h, _coded(binary, three))(h)
+    scale = h.std(0).max().item()
+    for z in (binary, three):
+        before = [h[torch.from_numpy(z == c)].mean(0) for c in np.unique(z)]
+        after = [erased[torch.from_numpy(z == c)].mean(0) for c in np.unique(z)]
+        assert max((m - before[0]).abs().max().item() for m in before) > 0.5
+        assert max((m - after[0]).abs().max().item() for m in after) < 1e-6 * scale
+
+
+def test_a_linear_probe_falls_to_chance_on_the_fit_set() -> None:
+    h, binary, three = _features()
+    erased = fit_eraser(h, _coded(binary, three))(h)
+    assert _probe(h, binary) > 0.8 and _probe(h, three) > 0.6
+    assert _probe(erased, binary) < 0.56 and _probe(erased, three) < 0.40
+
+
+def test_erasing_one_attribute_leaves_another_readable() -> None:
+    h, binary, three = _features()
+    erased = fit_eraser(h, _coded(binary, three)[:1])(h)
+    assert _probe(erased, binary) < 0.56
+    assert _probe(erased, three) > 0.6
+
+
+def test_a_network_erased_through_its_head_keeps_its_interface(small_faces: FaceData) -> None:
+    torch.manual_seed(0)
+    model = create_model("test_resnet", 8, 32).eval()
+    labels = attribute_labels(small_faces, "Eyeglasses")
+    rows = list(range(len(small_faces.keys)))
+    images = torch.stack([small_faces.load_image(r) for r in rows]).float() / 255
+    with torch.no_grad():
+        features, _ = features_and_logits(model, images)
+    eraser = fit_eraser(features.double(), [labels.coded()])
+    erased = copy.deepcopy(model)
+    fold_into_head(erased.get_classifier(), eraser)
+    assert {k: v.shape for k, v in erased.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+    with torch.no_grad():
+        expected = model.get_classifier()(eraser(features.double()).float())
+        torch.testing.assert_close(erased(images), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_attribute_labels_come_from_a_label_or_a_multiclass_task(small_faces: FaceData) -> None:
+    glasses = attribute_labels(small_faces, "Eyeglasses")
+    spec = small_faces.task("attributes")
+    column = small_faces.targets["attributes"][:, spec.labels.index("Eyeglasses")]
+    assert glasses.classes == 2 and glasses.source == "attributes"
+    assert np.array_equal(glasses.values, column.astype(np.int64))
+    assert glasses.coded().shape == (len(column), 1)
+    age = attribute_labels(small_faces, "age")
+    assert age.classes == 8 and age.source == "age"
+    assert age.coded([0, 1]).shape == (2, 8) and age.coded().sum(1).eq(1).all()
+    with pytest.raises(ValueError, match=r"no attribute 'Spectacles'.*Eyeglasses"):
+        attribute_labels(small_faces, "Spectacles")
+
+
+def test_no_attribute_is_refused() -> None:
+    h, _, _ = _features(n=20)
+    with pytest.raises(ValueError, match="no attribute"):
+        fit_eraser(h, [])
+
+
+def _identities(identities: int, seed: int) -> ProbeSet:
+    """Four images per identity; a per-identity binary attribute written into two dimensions."""
+    rng = np.random.default_rng(seed)
+    attribute = rng.integers(0, 2, identities)
+    groups = np.repeat(np.arange(identities) + 10_000 * seed, 4)
+    labels = attribute[groups - 10_000 * seed]
+    features = rng.normal(size=(len(groups), 12))
+    features[:, :2] += 1.5 * labels[:, None]
+    return ProbeSet(features, labels, groups)
+
+
+def test_probes_read_an_encoded_attribute_and_not_a_shuffled_one() -> None:
+    train, test = _identities(150, seed=1), _identities(150, seed=2)
+    linear, mlp = linear_probe(train, test), mlp_probe(train, test)
+    assert linear.balanced_accuracy > 0.8 and mlp.balanced_accuracy > 0.75
+    assert linear.low <= linear.balanced_accuracy <= linear.high and linear.chance == 0.5
+    control = linear_probe(shuffled(train), shuffled(test))
+    assert abs(control.balanced_accuracy - 0.5) < 0.06
+
+
+def test_leace_fitted_on_other_identities_leaves_fresh_probes_near_chance() -> None:
+    fit, train, test = (_identities(300, seed=s) for s in (3, 4, 5))
+    eraser = fit_eraser(torch.from_numpy(fit.features), [torch.from_numpy(fit.labels).double()])
+
+    def erased(side: ProbeSet) -> ProbeSet:
+        features = eraser(torch.from_numpy(side.features)).numpy()
+        return ProbeSet(features, side.labels, side.groups)
+
+    assert linear_probe(train, test).balanced_accuracy > 0.8
+    assert linear_probe(erased(train), erased(test)).balanced_accuracy < 0.58
+
+
+def test_the_interval_resamples_identities() -> None:
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    groups = np.array([1, 1, 2, 2, 3, 3])
+    assert identity_interval(labels, labels, groups) == (1.0, 1.0)
+    low, high = identity_interval(labels, np.zeros(6, dtype=int), groups)
+    assert low == high == 0.5  # every resample with both classes predicts one class
+
+
+def test_a_probe_needs_two_classes_to_learn_from() -> None:
+    side = _identities(20, seed=6)
+    one = ProbeSet(side.features, np.zeros_like(side.labels), side.groups)
+    with pytest.raises(ValueError, match="single class"):
+        linear_probe(one, side)
