@@ -214,6 +214,40 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _print(payload)
 
 
+def cmd_erase_attribute(args: argparse.Namespace) -> None:
+    """Erase attributes from a checkpoint's features (LEACE in its head), audited by probes."""
+    from models.attributes.run import erase_and_audit
+    from models.device import default_device
+    from models.train.checkpoint import Checkpoint, save_checkpoint
+
+    checkpoint, model, data, indices = _load(args.checkpoint)
+    attributes = [a for a in args.attribute.split(",") if a]
+    try:
+        report = erase_and_audit(
+            model,
+            checkpoint.config,
+            checkpoint.task["labels"],
+            data,
+            indices,
+            attributes,
+            default_device(),
+            probe_identities=args.probe_identities,
+            mlp=not args.no_mlp,
+        )
+    except ValueError as error:
+        raise SystemExit(f"lethe erase-attribute: {error}") from None
+    erased = [*checkpoint.config.get("erased_attributes", []), report["erasure"]]
+    new = Checkpoint(
+        arch=checkpoint.arch,
+        task=checkpoint.task,
+        config={**checkpoint.config, "erased_attributes": erased},
+        splits=checkpoint.splits,
+        state_dict=model.state_dict(),
+    )
+    sha = save_checkpoint(args.out, new)
+    _print({"checkpoint": args.out, "sha256": sha, "parent_sha256": checkpoint.sha256, **report})
+
+
 def benchmark_config(args: argparse.Namespace) -> Any:
     """The BenchmarkConfig of parsed `lethe benchmark` arguments (shared with the worker's job)."""
     from models.benchmark.runner import BenchmarkConfig
@@ -285,6 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--reference", help="retrained reference checkpoint, for Tug-of-War")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    erase = commands.add_parser("erase-attribute", help=cmd_erase_attribute.__doc__)
+    erase.add_argument("--checkpoint", required=True)
+    erase.add_argument("--attribute", required=True, help="one or more, comma-separated")
+    erase.add_argument("--method", choices=("leace",), default="leace")
+    erase.add_argument(
+        "--probe-identities",
+        type=_positive,
+        default=400,
+        help="synthfaces: people of the fresh generation the probes read (default 400)",
+    )
+    erase.add_argument("--no-mlp", action="store_true", help="audit with the linear probe only")
+    erase.add_argument("--out", required=True, help="checkpoint file to write")
+    erase.set_defaults(func=cmd_erase_attribute)
 
     bench = commands.add_parser("benchmark", help=cmd_benchmark.__doc__)
     _add_model_args(bench)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +22,10 @@ from models.attributes.probes import (
     mlp_probe,
     shuffled,
 )
+from models.cli import main as ml_main
 from models.data.base import FaceData
 from models.nets import create_model, features_and_logits
+from models.train.checkpoint import load_checkpoint
 
 
 def _features(
@@ -119,7 +123,11 @@ def test_attribute_labels_come_from_a_label_or_a_multiclass_task(small_faces: Fa
     assert glasses.coded().shape == (len(column), 1)
     age = attribute_labels(small_faces, "age")
     assert age.classes == 8 and age.source == "age"
-    assert age.coded([0, 1]).shape == (2, 8) and age.coded().sum(1).eq(1).all()
+    coded = age.coded()
+    assert coded.shape == (len(age.values), 7) and coded.sum(1).le(1).all()
+    assert torch.equal(
+        coded.argmax(1)[coded.sum(1) == 1], torch.from_numpy(age.values)[coded.sum(1) == 1]
+    )
     with pytest.raises(ValueError, match=r"no attribute 'Spectacles'.*Eyeglasses"):
         attribute_labels(small_faces, "Spectacles")
 
@@ -175,3 +183,49 @@ def test_a_probe_needs_two_classes_to_learn_from() -> None:
     one = ProbeSet(side.features, np.zeros_like(side.labels), side.groups)
     with pytest.raises(ValueError, match="single class"):
         linear_probe(one, side)
+
+
+def _erase_cli(
+    checkpoint: Path, out: Path, attribute: str, capsys: pytest.CaptureFixture[str]
+) -> dict:
+    ml_main(
+        ["erase-attribute", "--checkpoint", str(checkpoint), "--attribute", attribute,
+         "--probe-identities", "60", "--no-mlp", "--out", str(out)]
+    )  # fmt: skip
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_cli_erases_an_attribute_folded_into_the_head_and_audits_it(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "erased.pth"
+    report = _erase_cli(tiny_checkpoint, out, "age", capsys)
+    parent, child = load_checkpoint(tiny_checkpoint), load_checkpoint(out)
+    assert report["parent_sha256"] == parent.sha256 and report["sha256"] == child.sha256
+    erasure = report["erasure"]
+    assert erasure["attributes"] == ["age"] and erasure["guarantee"] == "linear"
+    assert erasure["rank"] <= 7 and sum(erasure["class_counts"]["age"]) == erasure["fit_images"]
+    assert child.config["erased_attributes"] == [erasure]
+    changed = [
+        k for k in parent.state_dict if not torch.equal(parent.state_dict[k], child.state_dict[k])
+    ]
+    assert changed and all(k.startswith("fc.") for k in changed)  # only the head moved
+    for side in ("before", "after"):
+        (audit,) = report[side]
+        assert audit["attribute"] == "age" and audit["mlp"] is None
+        assert 0 <= audit["linear"]["balanced_accuracy"] <= 1
+    assert report["probe_images"]["train"] > 0 and report["probe_images"]["test"] > 0
+    assert report["task_score"]["after"] > report["task_score"]["before"] - 20
+
+
+def test_the_cli_refuses_to_erase_the_task_or_an_unknown_attribute(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    task_output = load_checkpoint(tiny_checkpoint).task["labels"][0]
+    for attribute, message in (
+        (task_output, "is the model's task"),
+        ("Spectacles", "no attribute"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            _erase_cli(tiny_checkpoint, tmp_path / "x.pth", attribute, capsys)
+    assert not (tmp_path / "x.pth").exists()

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMPUTING = frozenset({"train", "unlearn", "evaluate", "benchmark", "demo"})
+COMPUTING = frozenset({"train", "unlearn", "evaluate", "erase-attribute", "benchmark", "demo"})
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,11 +20,12 @@ class AttributeLabels:
     source: str  # the data set's task it comes from
 
     def coded(self, rows: np.ndarray | list[int] | None = None) -> torch.Tensor:
-        """The labels as an eraser reads them: one column for two classes, one-hot for more."""
+        """The labels as an eraser reads them: one indicator column per class but the last (one
+        column for two classes); the last is one minus their sum, so it would add a direction
+        of numerical noise to the eraser and nothing else."""
         values = torch.from_numpy(self.values if rows is None else self.values[rows])
-        if self.classes == 2:
-            return values.to(torch.float64).unsqueeze(1)
-        return torch.nn.functional.one_hot(values, self.classes).to(torch.float64)
+        onehot = torch.nn.functional.one_hot(values, self.classes).to(torch.float64)
+        return onehot[:, : self.classes - 1]
 
 
 def attribute_labels(data: FaceData, name: str) -> AttributeLabels:

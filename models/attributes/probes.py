@@ -8,6 +8,7 @@ whatever the imbalance, with a 95 % bootstrap interval that resamples identities
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -58,10 +59,13 @@ def identity_interval(
     rows = [np.flatnonzero(inverse == k) for k in range(len(names))]
     rng = np.random.default_rng(seed)
     scores = []
-    for _ in range(BOOTSTRAP):
-        picked = np.concatenate([rows[k] for k in rng.integers(0, len(names), len(names))])
-        if len(np.unique(labels[picked])) > 1:
-            scores.append(balanced_accuracy_score(labels[picked], predicted[picked]))
+    with warnings.catch_warnings():
+        # a resample may lack a class the probe predicts: that is what resampling does
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        for _ in range(BOOTSTRAP):
+            picked = np.concatenate([rows[k] for k in rng.integers(0, len(names), len(names))])
+            if len(np.unique(labels[picked])) > 1:
+                scores.append(balanced_accuracy_score(labels[picked], predicted[picked]))
     low, high = np.percentile(scores, [2.5, 97.5]) if scores else (np.nan, np.nan)
     return float(low), float(high)
 
