@@ -245,7 +245,37 @@ def cmd_erase_attribute(args: argparse.Namespace) -> None:
         state_dict=model.state_dict(),
     )
     sha = save_checkpoint(args.out, new)
-    _print({"checkpoint": args.out, "sha256": sha, "parent_sha256": checkpoint.sha256, **report})
+    shown = {**report, "erasure": {k: v for k, v in report["erasure"].items() if k != "eraser"}}
+    _print({"checkpoint": args.out, "sha256": sha, "parent_sha256": checkpoint.sha256, **shown})
+
+
+def cmd_attribute_benchmark(args: argparse.Namespace) -> None:
+    """Train a model per seed, erase each attribute, audit it with fresh probes; write a report."""
+    from models.attributes.benchmark import AttributeBenchmarkConfig, run_attribute_benchmark
+
+    if args.dataset != "synthfaces":
+        raise SystemExit("the attribute benchmark fits and probes on fresh synthfaces generations")
+    args.task = args.task or "age"
+    cfg = AttributeBenchmarkConfig(
+        setup=_setup(args),
+        attributes=[a for a in args.attributes.split(",") if a],
+        methods=[m for m in args.methods.split(",") if m],
+        seeds=args.seeds,
+        fit_identities=args.fit_identities,
+        probe_identities=args.probe_identities,
+        mlp=not args.no_mlp,
+    )
+    out = Path(args.out)
+    start = time.perf_counter()
+    try:
+        run_attribute_benchmark(cfg, out)
+    except ValueError as error:
+        raise SystemExit(f"lethe attribute-benchmark: {error}") from None
+    print((out / "results.md").read_text())
+    print(
+        f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'leakage_vs_task.png'} "
+        f"in {time.perf_counter() - start:.0f} s"
+    )
 
 
 def benchmark_config(args: argparse.Namespace) -> Any:
@@ -333,6 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--no-mlp", action="store_true", help="audit with the linear probe only")
     erase.add_argument("--out", required=True, help="checkpoint file to write")
     erase.set_defaults(func=cmd_erase_attribute)
+
+    attr = commands.add_parser("attribute-benchmark", help=cmd_attribute_benchmark.__doc__)
+    _add_model_args(attr)
+    attr.add_argument("--attributes", default="Eyeglasses,Smiling,Male,Black_Hair")
+    attr.add_argument("--methods", default="leace", help="comma-separated: leace")
+    attr.add_argument("--seeds", type=_ints, default=[1, 2, 3])
+    attr.add_argument("--fit-identities", type=_positive, default=2000)
+    attr.add_argument("--probe-identities", type=_positive, default=2000)
+    attr.add_argument("--no-mlp", action="store_true", help="audit with the linear probe only")
+    attr.add_argument("--out", required=True, help="output folder")
+    attr.set_defaults(func=cmd_attribute_benchmark)
 
     bench = commands.add_parser("benchmark", help=cmd_benchmark.__doc__)
     _add_model_args(bench)

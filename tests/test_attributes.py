@@ -14,7 +14,13 @@ from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
 from models.attributes.labels import attribute_labels
-from models.attributes.leace import fit_eraser, fold_into_head
+from models.attributes.leace import (
+    eraser_from_dict,
+    eraser_to_dict,
+    fit_eraser,
+    fold_into_head,
+    served,
+)
 from models.attributes.probes import (
     ProbeSet,
     identity_interval,
@@ -22,6 +28,7 @@ from models.attributes.probes import (
     mlp_probe,
     shuffled,
 )
+from models.attributes.report import write_report
 from models.cli import main as ml_main
 from models.data.base import FaceData
 from models.nets import create_model, features_and_logits
@@ -205,7 +212,9 @@ def test_the_cli_erases_an_attribute_folded_into_the_head_and_audits_it(
     erasure = report["erasure"]
     assert erasure["attributes"] == ["age"] and erasure["guarantee"] == "linear"
     assert erasure["rank"] <= 7 and sum(erasure["class_counts"]["age"]) == erasure["fit_images"]
-    assert child.config["erased_attributes"] == [erasure]
+    (kept,) = child.config["erased_attributes"]
+    assert {k: v for k, v in kept.items() if k != "eraser"} == erasure
+    assert len(kept["eraser"]["proj_left"]) == 96  # test_resnet's pre-logit width
     changed = [
         k for k in parent.state_dict if not torch.equal(parent.state_dict[k], child.state_dict[k])
     ]
@@ -216,6 +225,31 @@ def test_the_cli_erases_an_attribute_folded_into_the_head_and_audits_it(
         assert 0 <= audit["linear"]["balanced_accuracy"] <= 1
     assert report["probe_images"]["train"] > 0 and report["probe_images"]["test"] > 0
     assert report["task_score"]["after"] > report["task_score"]["before"] - 20
+
+
+def test_an_erased_attribute_is_audited_on_the_served_feature_and_not_erased_twice(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    once = tmp_path / "once.pth"
+    first = _erase_cli(tiny_checkpoint, once, "age", capsys)
+    (after,) = first["after"]
+    # LEACE leaves no linear read-out above chance on the served feature (probe-test is fresh)
+    assert after["linear"]["balanced_accuracy"] < after["chance"] + 0.1
+    with pytest.raises(SystemExit, match="already erased"):
+        _erase_cli(once, tmp_path / "twice.pth", "age", capsys)
+
+
+def test_a_later_eraser_fitted_for_every_attribute_keeps_the_served_feature_guarded() -> None:
+    h, binary, three = _features()
+    first = fit_eraser(h, _coded(binary, three)[:1])
+    second = fit_eraser(h, _coded(binary, three))
+    features = served(h, [first, second])
+    torch.testing.assert_close(features, first(second(h)))
+    scale = h.std(0).max().item()
+    for z in (binary, three):
+        means = [features[torch.from_numpy(z == c)].mean(0) for c in np.unique(z)]
+        assert max((m - means[0]).abs().max().item() for m in means) < 1e-6 * scale
+    assert torch.equal(eraser_from_dict(eraser_to_dict(second)).proj_left, second.proj_left)
 
 
 def test_the_cli_refuses_to_erase_the_task_or_an_unknown_attribute(
@@ -229,3 +263,47 @@ def test_the_cli_refuses_to_erase_the_task_or_an_unknown_attribute(
         with pytest.raises(SystemExit, match=message):
             _erase_cli(tiny_checkpoint, tmp_path / "x.pth", attribute, capsys)
     assert not (tmp_path / "x.pth").exists()
+
+
+def _row(seed: int, leakage: float, drop: float) -> dict:
+    audit = {"balanced_accuracy": 0.5 + leakage}
+    side = {"linear": audit, "mlp": None, "control": {"balanced_accuracy": 0.5}}
+    return {
+        "seed": seed, "attribute": "Eyeglasses", "method": "leace", "linear_leakage": leakage,
+        "mlp_leakage": None, "task_drop": drop, "before": side, "after": side,
+    }  # fmt: skip
+
+
+def test_the_report_states_means_intervals_and_the_bar(tmp_path: Path) -> None:
+    config = {"dataset": {"name": "synthfaces"}, "task": "age", "arch": "a", "image_size": 8}
+    met = {"config": {**config, "seeds": [1, 2]}, "rows": [_row(1, 0.01, 0.5), _row(2, 0.03, 0.7)]}
+    write_report(met, tmp_path / "met.md")
+    line = (tmp_path / "met.md").read_text().splitlines()[-1]
+    # mean 0.02, standard error 0.01, t(0.975, 1 df) = 12.706: 0.02 ± 0.127
+    assert "| 0.020 [-0.107, 0.147] |" in line and "| 0.010, 0.030 |" in line
+    assert line.endswith("| met (linear ≤ 0.03, drop ≤ 1.0) |")
+    missed = {"config": {**config, "seeds": [1]}, "rows": [_row(1, 0.01, 1.5)]}
+    write_report(missed, tmp_path / "missed.md")
+    assert "missed (linear ≤ 0.03, drop ≤ 1.0)" in (tmp_path / "missed.md").read_text()
+
+
+def test_the_attribute_benchmark_writes_rows_a_report_and_a_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ml_main(
+        ["attribute-benchmark", "--synth-identities", "40", "--image-size", "32", "--epochs", "1",
+         "--seeds", "1", "--attributes", "Eyeglasses", "--fit-identities", "60",
+         "--probe-identities", "60", "--no-mlp", "--out", str(tmp_path)]
+    )  # fmt: skip
+    results = json.loads((tmp_path / "results.json").read_text())
+    (row,) = results["rows"]
+    assert row["attribute"] == "Eyeglasses" and row["method"] == "leace" and row["seed"] == 1
+    assert row["linear_leakage"] == pytest.approx(
+        row["after"]["linear"]["balanced_accuracy"] - row["floor"]
+    )
+    assert row["task_drop"] == pytest.approx(row["task_before"] - row["task_after"])
+    assert row["rank"] == 1 and row["fit_images"] > 0 and row["seconds"] > 0
+    assert "| leace | Eyeglasses | 1 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "leakage_vs_task.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="unknown attribute methods"):
+        ml_main(["attribute-benchmark", "--methods", "inlp", "--out", str(tmp_path / "x")])

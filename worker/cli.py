@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMPUTING = frozenset({"train", "unlearn", "evaluate", "erase-attribute", "benchmark", "demo"})
+COMPUTING = frozenset(
+    {"train", "unlearn", "evaluate", "erase-attribute", "attribute-benchmark", "benchmark", "demo"}
+)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -8,10 +8,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from concept_erasure import LeaceEraser
 from torch import nn
 from torch.utils.data import DataLoader
 
 from models.attributes.labels import AttributeLabels
+from models.attributes.leace import served
 from models.attributes.probes import ProbeScore, ProbeSet, linear_probe, mlp_probe, shuffled
 from models.data.base import FaceData
 from models.data.torch_dataset import FaceSubset
@@ -30,9 +32,12 @@ def model_outputs(
     rows: Sequence[int],
     image_size: int,
     device: torch.device,
+    erasers: Sequence[LeaceEraser] = (),
     batch_size: int = 256,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pre-logit features and logits (float64, CPU) of `rows` under the test transform."""
+    """Features and logits (float64, CPU) of `rows` under the test transform: the pre-logit
+    feature with `erasers` (those folded into the head, oldest first) applied, as the head
+    reads it."""
     model = model.to(device).eval()
     task = next(iter(data.tasks))  # the target is not used: any task gives the images
     subset = FaceSubset(data, rows, task, test_transform(data_config(model, image_size)))
@@ -40,7 +45,7 @@ def model_outputs(
     for images, _ in DataLoader(subset, batch_size=batch_size):
         with autocast(device):
             pooled, out = features_and_logits(model, images.to(device))
-        features.append(pooled.double().cpu())
+        features.append(served(pooled.double().cpu(), erasers))
         logits.append(out.double().cpu())
     return torch.cat(features).numpy(), torch.cat(logits).numpy()
 
@@ -90,11 +95,13 @@ def audit_attribute(
     image_size: int,
     device: torch.device,
     mlp: bool = True,
+    erasers: Sequence[LeaceEraser] = (),
 ) -> AttributeAudit:
     """Fit probes on `probe_train` rows and score them on `probe_test` rows (identity-disjoint,
-    neither seen by an eraser) of `data`, whose attribute classes `labels` holds."""
+    neither seen by an eraser) of `data`, whose attribute classes `labels` holds; the feature
+    probed is the one the head reads (`erasers` folded into it, oldest first)."""
     rows = [*probe_train, *probe_test]
-    features, logits = model_outputs(model, data, rows, image_size, device)
+    features, logits = model_outputs(model, data, rows, image_size, device, erasers)
     groups = np.asarray(data.identities, dtype=object)[rows]
     values = labels.values[rows]
     split = len(probe_train)

@@ -12,7 +12,7 @@ from torch import nn
 
 from models.attributes.audit import model_outputs
 from models.attributes.labels import AttributeLabels
-from models.attributes.leace import fit_eraser, fold_into_head
+from models.attributes.leace import eraser_to_dict, fit_eraser, fold_into_head
 from models.data.base import FaceData
 
 METHODS = ("leace",)
@@ -26,8 +26,10 @@ def erase_attributes(
     image_size: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """Erase every attribute of `labels` jointly from `model`'s head, in place, fitting on
-    `fit_rows`; returns the record a version keeps (counts and sizes, no labels)."""
+    """Erase every attribute of `labels` jointly from `model`'s head, in place, fitting on the
+    pre-logit features of `fit_rows`; returns the record a version keeps (the eraser, counts
+    and sizes, no labels). A head that already holds erasers needs `labels` to name their
+    attributes too (models/attributes/leace.py says why)."""
     if not labels:
         raise ValueError("no attribute to erase")
     start = time.perf_counter()
@@ -44,6 +46,7 @@ def erase_attributes(
         "guarantee": "linear",
         "scope": "pre_logits",
         "rank": int(eraser.proj_left.shape[1]),
+        "eraser": eraser_to_dict(eraser),
         "fit_images": len(rows),
         "fit_identities": len(set(np.asarray(data.identities, dtype=object)[rows])),
         "class_counts": {

@@ -9,6 +9,8 @@ whatever the imbalance, with a 95 % bootstrap interval that resamples identities
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -51,6 +53,15 @@ class ProbeScore:
         return asdict(self)
 
 
+@contextmanager
+def _absent_classes() -> Iterator[None]:
+    """Silence sklearn's note that a scored subset (a bootstrap resample, a grouped CV fold,
+    a small probe-test) lacks a class the probe predicts: balanced accuracy handles it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        yield
+
+
 def identity_interval(
     labels: np.ndarray, predicted: np.ndarray, groups: np.ndarray, seed: int = 0
 ) -> tuple[float, float]:
@@ -59,9 +70,7 @@ def identity_interval(
     rows = [np.flatnonzero(inverse == k) for k in range(len(names))]
     rng = np.random.default_rng(seed)
     scores = []
-    with warnings.catch_warnings():
-        # a resample may lack a class the probe predicts: that is what resampling does
-        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+    with _absent_classes():
         for _ in range(BOOTSTRAP):
             picked = np.concatenate([rows[k] for k in rng.integers(0, len(names), len(names))])
             if len(np.unique(labels[picked])) > 1:
@@ -73,9 +82,9 @@ def identity_interval(
 def _score(model: object, test: ProbeSet, classes: int) -> ProbeScore:
     predicted = model.predict(test.features)  # type: ignore[attr-defined]
     low, high = identity_interval(test.labels, predicted, test.groups)
-    return ProbeScore(
-        float(balanced_accuracy_score(test.labels, predicted)), low, high, 1.0 / classes
-    )
+    with _absent_classes():
+        score = float(balanced_accuracy_score(test.labels, predicted))
+    return ProbeScore(score, low, high, 1.0 / classes)
 
 
 def _classes(train: ProbeSet, test: ProbeSet) -> int:
@@ -98,7 +107,8 @@ def linear_probe(train: ProbeSet, test: ProbeSet) -> ProbeScore:
         cv=GroupKFold(folds),
         scoring="balanced_accuracy",
     )
-    search.fit(train.features, train.labels, groups=train.groups)
+    with _absent_classes():
+        search.fit(train.features, train.labels, groups=train.groups)
     return _score(search.best_estimator_, test, classes)
 
 

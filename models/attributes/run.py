@@ -12,6 +12,7 @@ from torch import nn
 from models.attributes.audit import audit_attribute
 from models.attributes.erase import erase_attributes
 from models.attributes.labels import attribute_labels
+from models.attributes.leace import eraser_from_dict
 from models.data.base import FaceData
 from models.data.registry import DatasetSpec, load_dataset
 from models.data.splits import SplitIndices
@@ -74,29 +75,40 @@ def erase_and_audit(
     probe_identities: int = 400,
     mlp: bool = True,
 ) -> dict[str, Any]:
-    """Audit, erase with LEACE fitted on TRAIN, audit again; `model` is changed in place.
-    Returns the record (erasure, audits before and after, task score on TEST)."""
+    """Audit, erase with LEACE fitted on TRAIN, audit again; `model` is changed in place. A
+    model with erased attributes (`config["erased_attributes"]`) is audited on its served
+    feature, and may not erase one of them again. Returns the record (the erasure, audits
+    before and after, task score on TEST)."""
     task, size = config["task"], int(config["image_size"])
     for name in attributes:
         check_erasable(name, task, task_labels)
-    labels = [attribute_labels(data, name) for name in attributes]
+    earlier = config.get("erased_attributes", [])
+    erased = [name for record in earlier for name in record["attributes"]]
+    repeated = sorted(set(attributes) & set(erased))
+    if repeated:
+        raise ValueError(f"attributes {repeated} are already erased from this model")
+    # the new eraser is fitted for every attribute erased so far (leace.py says why)
+    labels = [attribute_labels(data, name) for name in [*erased, *attributes]]
     spec = DatasetSpec(**config["dataset"])
     probe_data, probe_train, probe_test = probe_rows(spec, data, indices, probe_identities)
     probe_labels = [attribute_labels(probe_data, name) for name in attributes]
+    erasers = [eraser_from_dict(record["eraser"]) for record in earlier]
 
     def audits() -> list[dict[str, Any]]:
         return [
             audit_attribute(
-                model, probe_data, label, probe_train, probe_test, size, device, mlp
+                model, probe_data, label, probe_train, probe_test, size, device, mlp, erasers
             ).to_dict()
             for label in probe_labels
         ]
 
     before, score_before = audits(), _task_score(model, data, task, indices.test, size, device)
     record = erase_attributes(model, data, labels, indices.train, size, device)
+    erasers.append(eraser_from_dict(record["eraser"]))
     after, score_after = audits(), _task_score(model, data, task, indices.test, size, device)
+    erasure = {**record, "attributes": list(attributes), "fitted_for": record["attributes"]}
     return {
-        "erasure": record,
+        "erasure": erasure,
         "probe_images": {"train": len(probe_train), "test": len(probe_test)},
         "before": before,
         "after": after,
