@@ -264,6 +264,7 @@ def cmd_attribute_benchmark(args: argparse.Namespace) -> None:
         fit_identities=args.fit_identities,
         probe_identities=args.probe_identities,
         mlp=not args.no_mlp,
+        method_options=_overrides(args.set, scoped=True),
     )
     out = Path(args.out)
     start = time.perf_counter()
@@ -367,7 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     attr = commands.add_parser("attribute-benchmark", help=cmd_attribute_benchmark.__doc__)
     _add_model_args(attr)
     attr.add_argument("--attributes", default="Eyeglasses,Smiling,Male,Black_Hair")
-    attr.add_argument("--methods", default="leace", help="comma-separated: leace")
+    attr.add_argument("--methods", default="leace", help="comma-separated: leace, mi_detach")
+    attr.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="a method option, e.g. mi_detach.lambda_z=3",
+    )
     attr.add_argument("--seeds", type=_ints, default=[1, 2, 3])
     attr.add_argument("--fit-identities", type=_positive, default=2000)
     attr.add_argument("--probe-identities", type=_positive, default=2000)

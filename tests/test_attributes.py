@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from models.attributes.leace import (
     fold_into_head,
     served,
 )
+from models.attributes.mi_detach import MIDetachConfig, mi_detach, mi_estimate, ramp
 from models.attributes.probes import (
     ProbeSet,
     identity_interval,
@@ -307,3 +309,51 @@ def test_the_attribute_benchmark_writes_rows_a_report_and_a_plot(
     assert (tmp_path / "leakage_vs_task.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit, match="unknown attribute methods"):
         ml_main(["attribute-benchmark", "--methods", "inlp", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match=r"unknown mi_detach options \['lambda'\]"):
+        ml_main(
+            ["attribute-benchmark", "--methods", "mi_detach", "--set", "mi_detach.lambda=1",
+             "--out", str(tmp_path / "x")]
+        )  # fmt: skip
+
+
+def test_the_mi_estimates_by_hand() -> None:
+    log_q = torch.log(torch.tensor([[0.7, 0.3], [0.2, 0.8]]))
+    z, prior = torch.tensor([0, 1]), torch.tensor([0.5, 0.5])
+    own = (math.log(0.7) + math.log(0.8)) / 2
+    cross = ((math.log(0.7) + math.log(0.3)) / 2 + (math.log(0.2) + math.log(0.8)) / 2) / 2
+    assert mi_estimate("club_cat", log_q, z, prior).item() == pytest.approx(own - cross)
+    assert mi_estimate("ba_adv", log_q, z, prior).item() == pytest.approx(math.log(2) + own)
+    with pytest.raises(ValueError, match="unknown MI estimator"):
+        mi_estimate("mine", log_q, z, prior)  # type: ignore[arg-type]
+
+
+def test_the_weight_ramps_up() -> None:
+    assert ramp("linear", 0.05, 0.1) == pytest.approx(0.5) and ramp("linear", 0.5, 0.1) == 1
+    assert ramp("dann", 0.0, 0.1) == 0 and ramp("dann", 1.0, 0.1) == pytest.approx(1, abs=1e-4)
+    assert ramp("const", 0.0, 0.1) == 1
+
+
+def test_mi_detach_fine_tunes_the_network_and_leaves_frozen_parts_frozen(
+    small_faces: FaceData,
+) -> None:
+    torch.manual_seed(0)
+    model = create_model("test_resnet", small_faces.task("age").num_outputs, 32)
+    stem = next(model.conv1.parameters())
+    stem.requires_grad_(False)
+    before = [p.detach().clone() for p in model.conv1.parameters()]
+    labels = attribute_labels(small_faces, "Eyeglasses")
+    rows = list(range(64))
+    cfg = MIDetachConfig(epochs=1, batch_size=16, q_pretrain_epochs=1, q_hidden=16)
+    record = mi_detach(model, small_faces, "age", rows, labels, 32, torch.device("cpu"), cfg)
+    assert record["method"] == "mi_detach" and record["fit_images"] == 64
+    assert record["config"]["estimator"] == "club_cat" and record["last_estimate"] is not None
+    assert not stem.requires_grad and model.fc.weight.requires_grad
+    assert torch.equal(stem, before[0])
+    assert not all(torch.equal(p, b) for p, b in zip(model.conv1.parameters(), before, strict=True))
+    last = copy.deepcopy(model)
+    mi_detach(
+        last, small_faces, "age", rows, labels, 32, torch.device("cpu"),
+        MIDetachConfig(epochs=1, batch_size=16, q_hidden=16, trainable="last_stage"),
+    )  # fmt: skip
+    assert torch.equal(last.layer3[0].conv1.weight, model.layer3[0].conv1.weight)
+    assert not torch.equal(last.layer4[0].conv1.weight, model.layer4[0].conv1.weight)

@@ -345,6 +345,20 @@ def test_passes_in_two_processes_give_the_rows_of_one(tmp_path: Path) -> None:
     assert [p["done"] for p in seen] == [3, 6, 9, 12, 12] and seen[-1]["current"] is None
 
 
+def test_a_pass_that_fails_in_a_process_fails_the_run(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from models.benchmark.runner import run_benchmark
+
+    body = BenchmarkCreate(**{**TINY, "requests": [2, 3]})
+    argv = benchmark_service.benchmark_argv(body, Settings(_env_file=None))
+    cfg = benchmark_config(build_parser().parse_args(["benchmark", *argv, "--out", "x"]))
+    broken = replace(cfg, method_overrides={"jit": {"no_such_option": 1}})
+    with pytest.raises(ValueError, match="no_such_option"):
+        run_benchmark(broken, tmp_path, progress=False, jobs=2)
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_job_failure_is_recorded(migrated_settings: Settings) -> None:
     from worker.benchmark import run_benchmark_job
 

@@ -12,7 +12,7 @@ import copy
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from models.attributes.audit import audit_attribute
 from models.attributes.erase import METHODS, erase_attributes
 from models.attributes.labels import attribute_labels
 from models.attributes.leace import eraser_from_dict
+from models.attributes.mi_detach import MIDetachConfig, mi_detach
 from models.attributes.report import plot_leakage, write_report
 from models.attributes.run import PROBE_SEED_OFFSET, check_erasable
 from models.data.registry import load_dataset
@@ -47,6 +48,7 @@ class AttributeBenchmarkConfig:
     fit_identities: int = 2000
     probe_identities: int = 2000
     mlp: bool = True
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain form for results.json."""
@@ -58,6 +60,7 @@ class AttributeBenchmarkConfig:
             "fit_identities": self.fit_identities,
             "probe_identities": self.probe_identities,
             "mlp": self.mlp,
+            "method_options": self.method_options,
         }
 
 
@@ -111,12 +114,19 @@ def _seed_rows(
         )
         for method in cfg.methods:
             erased = copy.deepcopy(model)
+            fit_labels, fit_rows = attribute_labels(fit, name), range(len(fit.keys))
             start = time.perf_counter()
-            record = erase_attributes(
-                erased, fit, [attribute_labels(fit, name)], range(len(fit.keys)), size, device
-            )
+            if method == "mi_detach":
+                options = cfg.method_options.get(method, {})
+                record = mi_detach(
+                    erased, fit, setup.task, fit_rows, fit_labels, size, device,
+                    MIDetachConfig(**options),
+                )  # fmt: skip
+                erasers = []
+            else:
+                record = erase_attributes(erased, fit, [fit_labels], fit_rows, size, device)
+                erasers = [eraser_from_dict(record["eraser"])]
             seconds = time.perf_counter() - start
-            erasers = [eraser_from_dict(record["eraser"])]
             after = audit_attribute(
                 erased, probe, labels, probe_train, probe_test, size, device, cfg.mlp, erasers
             )
@@ -139,7 +149,7 @@ def _seed_rows(
                     "task_after": score_after,
                     "task_drop": score - score_after,
                     "fit_images": record["fit_images"],
-                    "rank": record["rank"],
+                    "rank": record.get("rank"),
                     "seconds": seconds,
                     "train_seconds": train_seconds,
                 }
@@ -153,6 +163,11 @@ def run_attribute_benchmark(cfg: AttributeBenchmarkConfig, out: Path) -> dict[st
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown attribute methods {unknown}; known: {', '.join(METHODS)}")
+    for method, options in cfg.method_options.items():
+        known = {f.name for f in fields(MIDetachConfig)} if method == "mi_detach" else set()
+        extra = sorted(set(options) - known)
+        if method not in cfg.methods or extra:
+            raise ValueError(f"unknown {method} options {extra or sorted(options)}")
     out.mkdir(parents=True, exist_ok=True)
     device = default_device()
     rows: list[dict[str, Any]] = []

@@ -15,7 +15,7 @@ from models.attributes.labels import AttributeLabels
 from models.attributes.leace import eraser_to_dict, fit_eraser, fold_into_head
 from models.data.base import FaceData
 
-METHODS = ("leace",)
+METHODS = ("leace", "mi_detach")
 
 
 def erase_attributes(

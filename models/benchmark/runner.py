@@ -445,14 +445,20 @@ def _run_parallel(
             for requests, seed in _passes(cfg)
         }
         bar = tqdm(total=len(futures), desc=f"passes ({jobs} processes)", disable=not progress)
-        for future in as_completed(futures):
-            key = futures[future]
-            done[key] = future.result()
-            steps.done += per_pass
-            steps.report({"requests": key[0], "seed": key[1], "step": "finished"})
-            write(done)
-            bar.update()
-        bar.close()
+        try:
+            for future in as_completed(futures):
+                key = futures[future]
+                done[key] = future.result()
+                steps.done += per_pass
+                steps.report({"requests": key[0], "seed": key[1], "step": "finished"})
+                write(done)
+                bar.update()
+        except BaseException:
+            # a failed pass (or an interrupt) ends the run: start no pass that waits
+            pool.shutdown(cancel_futures=True)
+            raise
+        finally:
+            bar.close()
 
 
 def run_benchmark(
