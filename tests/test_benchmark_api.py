@@ -168,7 +168,7 @@ def test_create_records_then_enqueues_and_report_waits(api: Api) -> None:
         "--dataset", "synthfaces", "--task", "attributes", "--preset", "scratch",
         "--image-size", "32",
         "--synth-identities", "40", "--epochs", "1", "--requests", "3", "--seeds", "0,1",
-        "--methods", "jit", "--single-identities", "5", "--no-rmia",
+        "--methods", "jit", "--single-identities", "5", "--no-rmia", "--jobs", "1",
     ]  # fmt: skip
     with session_scope(api.settings) as session:
         row = session.get(BenchmarkRun, run_id)

@@ -113,7 +113,9 @@ def benchmark_argv(body: BenchmarkCreate, settings: Settings) -> list[str]:
         argv += ["--rmia-population", str(body.rmia_population)]
     else:
         argv.append("--no-rmia")
-    return argv
+    # the worker runs every pass in its own process; `lethe benchmark` given this argv does too,
+    # so its rows equal the service's to the bit
+    return [*argv, "--jobs", "1"]
 
 
 ACTIVE = (BenchmarkStatus.queued.value, BenchmarkStatus.running.value)

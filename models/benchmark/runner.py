@@ -454,7 +454,8 @@ def _run_parallel(
                 write(done)
                 bar.update()
         except BaseException:
-            # a failed pass (or an interrupt) ends the run: start no pass that waits
+            # a failed pass (or an interrupt) ends the run: no waiting pass starts, and the
+            # passes already running finish first (a process is never killed mid-write)
             pool.shutdown(cancel_futures=True)
             raise
         finally:
