@@ -281,7 +281,7 @@ def cmd_attribute_benchmark(args: argparse.Namespace) -> None:
 
 def benchmark_config(args: argparse.Namespace) -> Any:
     """The BenchmarkConfig of parsed `lethe benchmark` arguments (shared with the worker's job)."""
-    from models.benchmark.runner import BenchmarkConfig
+    from models.benchmark.config import BenchmarkConfig
     from models.methods import list_methods
 
     methods = list_methods() if args.methods == "all" else [m for m in args.methods.split(",") if m]

@@ -169,7 +169,8 @@ TAIL_METHODS = {
 
 @pytest.mark.parametrize("name", TAIL_METHODS)
 def test_a_method_on_the_tail_computes_what_it_would_on_whole_images(small_faces, name) -> None:
-    from models.benchmark.runner import BenchmarkConfig, _Pass, _unlearn
+    from models.benchmark.config import BenchmarkConfig
+    from models.benchmark.runner import _Pass, _unlearn
     from models.methods import get_method, resolve_config
     from models.protocol import build_model, prepare_method, trunk_cache
 

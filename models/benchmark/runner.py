@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
-import multiprocessing
 import platform
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +17,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from models import __version__
+from models.benchmark.config import BenchmarkConfig
+from models.benchmark.parallel import PassResult, run_parallel
 from models.benchmark.plot import plot_tow_vs_time
 from models.benchmark.report import write_markdown
 from models.data.base import FaceData
 from models.data.registry import load_dataset
 from models.data.splits import SplitIndices, make_splits, one_identity, split_indices
-from models.device import default_device, set_threads
+from models.device import default_device
 from models.methods import UnlearningMethod, UnlearnRequest, get_method, resolve_config
 from models.methods.base import Artifacts
 from models.methods.registry import is_calibrated
-from models.metrics.mia import LOSS_MIA_NAME, RMIA_MAX_FPR, RMIA_NAME, rmia
+from models.metrics.mia import rmia
 from models.nets.trunk import Tail, TrunkCache
 from models.protocol import (
     Evaluation,
@@ -50,50 +50,6 @@ from models.protocol import (
 RMIA_COLUMNS = ("rmia_auc", "rmia_tpr_at_0.01pct_fpr")
 Signals = tuple[np.ndarray, np.ndarray]
 ProgressCallback = Callable[[dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class BenchmarkConfig:
-    """One benchmark run: the model setup, the request sizes, seeds, methods and RMIA settings."""
-
-    setup: ModelSetup
-    requests: Sequence[int] = (5,)
-    seeds: Sequence[int] = (0,)
-    methods: Sequence[str] = ("jit",)
-    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    rmia: bool = True
-    # Reference: 8 views and the whole population. Two views and 500 rows keep the 3-seed
-    # synthfaces run within an hour on two CPU cores; VAL and FORGET are always all candidates.
-    rmia_augmentations: int = 2
-    rmia_population: int = 500
-    # N = 1 runs this many one-identity requests per seed against one reference pair trained
-    # without all of them, FORGET scored on their outputs together: one identity's photos share
-    # most attributes, so a lone identity leaves macro mAP a handful of attributes to read.
-    single_identities: int = 5
-
-    def __post_init__(self) -> None:
-        if self.rmia_augmentations < 1 or self.rmia_population < 1:
-            raise ValueError("RMIA needs at least one augmentation and one population row")
-        if self.single_identities < 1:
-            raise ValueError("N = 1 needs at least one single-identity request per seed")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain form for results.json."""
-        return {
-            **self.setup.to_dict(),
-            "requests": list(self.requests),
-            "seeds": list(self.seeds),
-            "methods": list(self.methods),
-            "method_overrides": self.method_overrides,
-            "single_identities": self.single_identities,
-            "mia": {
-                "loss": LOSS_MIA_NAME,
-                "rmia": RMIA_NAME if self.rmia else None,
-                "rmia_augmentations": self.rmia_augmentations,
-                "rmia_population": self.rmia_population,
-                "rmia_max_fpr": RMIA_MAX_FPR,
-            },
-        }
 
 
 @dataclass
@@ -399,67 +355,17 @@ def _passes(cfg: BenchmarkConfig) -> list[tuple[int, int]]:
     return [(requests, seed) for requests in cfg.requests for seed in cfg.seeds]
 
 
-# A pass worker's data and trunk cache, loaded once per process and shared by its passes.
-_worker_state: dict[str, Any] = {}
-
-
-def _start_worker(threads: int) -> None:
-    """Give a pass worker its share of the cores: oversubscribed cores slow small ops tenfold."""
-    set_threads(threads)
-
-
-def _worker_pass(
-    cfg: BenchmarkConfig, requests: int, seed: int, out: Path
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One pass in a pass worker, on the data and trunk cache it loaded for its first pass."""
-    if _worker_state.get("setup") != cfg.setup:
-        data = load_dataset(cfg.setup.dataset)
-        device = default_device()
-        _worker_state.update(
-            setup=cfg.setup, data=data, device=device, cache=trunk_cache(cfg.setup, data, device)
-        )
-    state = _worker_state
-    steps = _Steps(0, None)
-    return _run_pass(
-        cfg, state["data"], requests, seed, state["device"], out, False, steps, state["cache"]
-    )
-
-
-def _run_parallel(
+def _quiet_pass(
     cfg: BenchmarkConfig,
+    data: FaceData,
+    requests: int,
+    seed: int,
+    device: torch.device,
     out: Path,
-    jobs: int,
-    threads: int,
-    progress: bool,
-    steps: _Steps,
-    write: Callable[[dict[tuple[int, int], tuple[list[dict[str, Any]], dict[str, Any]]]], None],
-) -> None:
-    """Run the passes in `jobs` spawned processes of `threads` torch threads each, calling
-    `write` with every finished pass as each one ends."""
-    done: dict[tuple[int, int], tuple[list[dict[str, Any]], dict[str, Any]]] = {}
-    per_pass = 1 + len(cfg.methods)
-    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
-    with ProcessPoolExecutor(jobs, context, _start_worker, (threads,)) as pool:
-        futures = {
-            pool.submit(_worker_pass, cfg, requests, seed, out): (requests, seed)
-            for requests, seed in _passes(cfg)
-        }
-        bar = tqdm(total=len(futures), desc=f"passes ({jobs} processes)", disable=not progress)
-        try:
-            for future in as_completed(futures):
-                key = futures[future]
-                done[key] = future.result()
-                steps.done += per_pass
-                steps.report({"requests": key[0], "seed": key[1], "step": "finished"})
-                write(done)
-                bar.update()
-        except BaseException:
-            # a failed pass (or an interrupt) ends the run: no waiting pass starts, and the
-            # passes already running finish first (a process is never killed mid-write)
-            pool.shutdown(cancel_futures=True)
-            raise
-        finally:
-            bar.close()
+    cache: TrunkCache | None,
+) -> PassResult:
+    """One pass without progress output, as a pass process runs it."""
+    return _run_pass(cfg, data, requests, seed, device, out, False, _Steps(0, None), cache)
 
 
 def run_benchmark(
@@ -497,7 +403,7 @@ def run_benchmark(
     }
     results: dict[str, Any] = {"config": config, "rows": rows}
 
-    def write(done: dict[tuple[int, int], tuple[list[dict[str, Any]], dict[str, Any]]]) -> None:
+    def write(done: dict[tuple[int, int], PassResult]) -> None:
         # after every pass, so that a long run that stops keeps what it measured
         rows[:] = [row for key in passes if key in done for row in done[key][0]]
         runs[:] = [done[key][1] for key in passes if key in done]
@@ -506,7 +412,14 @@ def run_benchmark(
 
     if jobs > 1:
         threads = max(1, torch.get_num_threads() // jobs)
-        _run_parallel(cfg, out, jobs, threads, progress, steps, write)
+        per_pass = 1 + len(cfg.methods)
+
+        def finished(key: tuple[int, int], done: dict[tuple[int, int], PassResult]) -> None:
+            steps.done += per_pass
+            steps.report({"requests": key[0], "seed": key[1], "step": "finished"})
+            write(done)
+
+        run_parallel(_quiet_pass, cfg, passes, out, jobs, threads, progress, finished)
     else:
         data = load_dataset(cfg.setup.dataset)
         cache = trunk_cache(cfg.setup, data, device)  # one for every pass: the trunk never changes
