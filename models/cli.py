@@ -298,13 +298,13 @@ def benchmark_config(args: argparse.Namespace) -> Any:
     )
 
 
-def benchmark_jobs(jobs: int | None, cfg: Any) -> int:
+def benchmark_jobs(jobs: int | None) -> int:
     """Processes for a benchmark's passes: `jobs`, or by default one per torch thread this
-    command was given (LETHE_TORCH_THREADS or its share of the cores), at most one per pass."""
+    command was given (LETHE_TORCH_THREADS or its share of the cores); the runner caps it at
+    one per pass."""
     import torch
 
-    passes = len(cfg.requests) * len(cfg.seeds)
-    return min(jobs if jobs is not None else torch.get_num_threads(), passes)
+    return jobs if jobs is not None else torch.get_num_threads()
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
@@ -314,7 +314,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     cfg = benchmark_config(args)
     out = Path(args.out)
     start = time.perf_counter()
-    run_benchmark(cfg, out, progress=not args.quiet, jobs=benchmark_jobs(args.jobs, cfg))
+    run_benchmark(cfg, out, progress=not args.quiet, jobs=benchmark_jobs(args.jobs))
     print((out / "results.md").read_text())
     print(
         f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'tow_vs_time.png'} "

@@ -25,13 +25,15 @@ from models.attributes.labels import attribute_labels
 from models.attributes.leace import eraser_from_dict
 from models.attributes.mi_detach import MIDetachConfig, mi_detach
 from models.attributes.report import plot_leakage, write_report
-from models.attributes.run import PROBE_SEED_OFFSET, check_erasable
+from models.attributes.run import (
+    PROBE_SEED_OFFSET,
+    check_erasable,
+    identity_halves,
+    task_score,
+)
 from models.data.registry import load_dataset
 from models.data.splits import make_splits, split_indices
-from models.data.transforms import test_transform
 from models.device import default_device
-from models.evaluate import evaluate_sets
-from models.nets import data_config
 from models.protocol import ModelSetup, train_reference
 
 FIT_SEED_OFFSET = 2000
@@ -71,16 +73,6 @@ def _generation(setup: ModelSetup, offset: int, seed: int, identities: int) -> A
     return load_dataset(spec)
 
 
-def _halves(data: Any) -> tuple[list[int], list[int]]:
-    """Rows of the first and second half of the people, in sorted order of their names."""
-    people = sorted(set(data.identities))
-    first = set(people[: len(people) // 2])
-    rows = range(len(data.identities))
-    return [r for r in rows if data.identities[r] in first], [
-        r for r in rows if data.identities[r] not in first
-    ]
-
-
 def _seed_rows(
     cfg: AttributeBenchmarkConfig, seed: int, device: torch.device
 ) -> list[dict[str, Any]]:
@@ -97,15 +89,10 @@ def _seed_rows(
     )
     fit = _generation(setup, FIT_SEED_OFFSET, seed, cfg.fit_identities)
     probe = _generation(setup, PROBE_SEED_OFFSET, seed, cfg.probe_identities)
-    probe_train, probe_test = _halves(probe)
+    probe_train, probe_test = identity_halves(probe)
     size = setup.image_size
 
-    def task_score(net: torch.nn.Module) -> float:
-        transform = test_transform(data_config(net, size))
-        sets = {"test": indices.test}
-        return evaluate_sets(net, data, setup.task, sets, transform, device)["test"].score
-
-    score = task_score(model)
+    score = task_score(model, data, setup.task, indices.test, size, device)
     rows = []
     for name in cfg.attributes:
         labels = attribute_labels(probe, name)
@@ -130,7 +117,7 @@ def _seed_rows(
             after = audit_attribute(
                 erased, probe, labels, probe_train, probe_test, size, device, cfg.mlp, erasers
             )
-            score_after = task_score(erased)
+            score_after = task_score(erased, data, setup.task, indices.test, size, device)
             rows.append(
                 {
                     "seed": seed,

@@ -36,7 +36,7 @@ from models.data.base import FaceData
 from models.data.torch_dataset import FaceSubset
 from models.data.transforms import test_transform
 from models.methods.common import distill_kl, seeded, task_loss
-from models.nets import data_config
+from models.nets import data_config, features_and_logits
 
 Estimator = Literal["club_cat", "ba_adv"]
 Schedule = Literal["linear", "dann", "const"]
@@ -139,11 +139,6 @@ def _trainable(model: nn.Module, scope: Trainable) -> list[nn.Parameter]:
     return chosen
 
 
-def _features_logits(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    pooled = model.forward_head(model.forward_features(images), pre_logits=True)  # type: ignore[operator]
-    return pooled, model.get_classifier()(pooled)  # type: ignore[operator]
-
-
 def mi_detach(
     model: nn.Module,
     data: FaceData,
@@ -183,7 +178,7 @@ def mi_detach(
         for _ in range(cfg.q_pretrain_epochs):  # q fitted on the frozen feature first
             for images, _, z in loader:
                 with torch.no_grad():
-                    h, _ = _features_logits(model, images.to(device))
+                    h, _ = features_and_logits(model, images.to(device))
                 q_opt.zero_grad(set_to_none=True)
                 F.nll_loss(q(h), z.to(device)).backward()
                 q_opt.step()
@@ -192,7 +187,7 @@ def mi_detach(
         for _ in range(cfg.epochs):
             for images, targets, z in loader:
                 images, targets, z = images.to(device), targets.to(device), z.to(device)
-                h, logits = _features_logits(model, images)
+                h, logits = features_and_logits(model, images)
                 for _ in range(cfg.q_steps):
                     q_opt.zero_grad(set_to_none=True)
                     F.nll_loss(q(h.detach()), z).backward()

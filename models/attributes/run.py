@@ -42,17 +42,20 @@ def probe_rows(
     fresh = load_dataset(
         replace(spec, seed=spec.seed + PROBE_SEED_OFFSET, num_identities=identities)
     )
-    people = sorted(set(fresh.identities))
+    return (fresh, *identity_halves(fresh))
+
+
+def identity_halves(data: FaceData) -> tuple[list[int], list[int]]:
+    """Rows of the first and second half of the people, in sorted order of their names."""
+    people = sorted(set(data.identities))
     first = set(people[: len(people) // 2])
-    rows = range(len(fresh.identities))
-    return (
-        fresh,
-        [r for r in rows if fresh.identities[r] in first],
-        [r for r in rows if fresh.identities[r] not in first],
-    )
+    rows = range(len(data.identities))
+    return [r for r in rows if data.identities[r] in first], [
+        r for r in rows if data.identities[r] not in first
+    ]
 
 
-def _task_score(
+def task_score(
     model: nn.Module,
     data: FaceData,
     task: str,
@@ -60,6 +63,7 @@ def _task_score(
     size: int,
     device: torch.device,
 ) -> float:
+    """`model`'s score (0-100) on `rows` of its task."""
     transform = test_transform(data_config(model, size))
     return evaluate_sets(model, data, task, {"test": rows}, transform, device)["test"].score
 
@@ -102,10 +106,10 @@ def erase_and_audit(
             for label in probe_labels
         ]
 
-    before, score_before = audits(), _task_score(model, data, task, indices.test, size, device)
+    before, score_before = audits(), task_score(model, data, task, indices.test, size, device)
     record = erase_attributes(model, data, labels, indices.train, size, device)
     erasers.append(eraser_from_dict(record["eraser"]))
-    after, score_after = audits(), _task_score(model, data, task, indices.test, size, device)
+    after, score_after = audits(), task_score(model, data, task, indices.test, size, device)
     erasure = {**record, "attributes": list(attributes), "fitted_for": record["attributes"]}
     return {
         "erasure": erasure,
